@@ -1,0 +1,1 @@
+"""Benchmarks of a bundle against PyTorch eager and onnxruntime-genai."""

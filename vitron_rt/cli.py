@@ -1,0 +1,167 @@
+"""`vitron-rt`: one command, a subcommand per stage (export, check, build, run, bench,
+serve, demo).
+
+Every subcommand parses its own options here and imports its stage lazily, so `--help`
+and the runtime subcommands never pay for torch. Errors a user can cause end as one line
+on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2  # argparse's code for bad usage; also "this stage cannot run here"
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _not_built(stage: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise CliError(f"vitron-rt {stage}: not built yet ({issue})", code=EXIT_USAGE)
+
+    handler.not_built = True
+    return handler
+
+
+# --- option groups reused across subcommands -------------------------------------------
+
+
+def _add_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="B", help="bundle folder written by `vitron-rt export`")
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("ort", "trt"),
+        default="ort",
+        help="ort: ONNX Runtime (CPU, the default); trt: TensorRT (needs a GPU and the gpu extra)",
+    )
+
+
+# --- subcommands -----------------------------------------------------------------------
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="seeded random weights for every component: tiny | vitron-7b")
+    src.add_argument("--llm", metavar="PATH", help="LLM weights: HF folder, .safetensors or .gguf")
+    src.add_argument("--checkpoint", metavar="DIR", help="a Vitron / LLaVA checkpoint folder")
+    p.add_argument("--vision", metavar="PATH", help="vision tower (CLIP) folder, when not in the checkpoint")
+    p.add_argument("--out", required=True, metavar="B", help="bundle folder to write")
+
+
+def _configure_run(p: argparse.ArgumentParser) -> None:
+    _add_bundle(p)
+    p.add_argument("--prompt", required=True)
+    media = p.add_mutually_exclusive_group()
+    media.add_argument("--image", metavar="F")
+    media.add_argument("--video", metavar="F")
+    p.add_argument("--region", metavar="x1,y1,x2,y2", help="normalised box in [0,1]")
+    p.add_argument("--task", default="auto", choices=("auto", "understand", "segment", "generate", "edit"))
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--greedy", action="store_true")
+    _add_engine(p)
+    p.add_argument("--out", metavar="DIR", help="folder for the outputs (masks, images, video)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _configure_build(p: argparse.ArgumentParser) -> None:
+    _add_bundle(p)
+    _add_engine(p)
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_const", const="fp16", dest="precision")
+    prec.add_argument("--int8", action="store_const", const="int8", dest="precision")
+
+
+def _configure_check(p: argparse.ArgumentParser) -> None:
+    _add_bundle(p)
+    _add_engine(p)
+
+
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    _add_bundle(p)
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--report", metavar="DIR", help="write a Markdown table and plots")
+
+
+def _configure_serve(p: argparse.ArgumentParser) -> None:
+    _add_bundle(p)
+    p.add_argument("--host", default="127.0.0.1", help="loopback only by default")
+    p.add_argument("--port", type=int, default=8000)
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", default="vitron-demo", help="folder for the demo's outputs")
+
+
+# name -> (help line, configure, handler)
+SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]] = {
+    "export": (
+        "export every component to ONNX and write a bundle",
+        _configure_export,
+        _not_built("export", "the export issue"),
+    ),
+    "check": (
+        "check a bundle's components against their PyTorch references",
+        _configure_check,
+        _not_built("check", "the export issue"),
+    ),
+    "build": (
+        "build TensorRT engines for a bundle",
+        _configure_build,
+        _not_built("build", "the engines issue"),
+    ),
+    "run": (
+        "run one request (understand, segment, generate, edit) on a bundle",
+        _configure_run,
+        _not_built("run", "the runtime issue"),
+    ),
+    "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _not_built("bench", "the bench issue")),
+    "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _not_built("serve", "the serving issue")),
+    "demo": (
+        "the whole path on the embedded default (ONNX Runtime, CPU)",
+        _configure_demo,
+        _not_built("demo", "the runtime issue; it needs export, the runner and the task pipelines"),
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitron-rt",
+        description="ONNX / TensorRT edge runtime for Vitron-style pixel-level vision LLMs.",
+    )
+    from vitron_rt import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitron-rt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (help_line, configure, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, description=help_line)
+        configure(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as e:
+        print(str(e), file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("vitron-rt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

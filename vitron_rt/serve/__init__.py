@@ -1,0 +1,1 @@
+"""The HTTP server: an OpenAI-compatible face over `vitron_rt.runtime`."""
