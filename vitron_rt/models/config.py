@@ -97,6 +97,11 @@ class RegionConfig:
     # 3 ReLU layers 1024 -> 4096 -> 4096 -> 4096, as in the released extractor.
     feature_layers: int = 3
     loc_hidden: int = 2048  # location MLP 4 -> 2048 -> 4096
+    # The released extractor works in pixels of a fixed 224 x 224 frame (RegionExtractor's
+    # image_size default, whatever the tower): its location MLP sees pixel coordinates and
+    # its box mask is drawn at this size, then resized to the grid. Boxes arrive here
+    # normalised to [0,1]; the encoder scales them by this.
+    image_size: int = 224
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,10 @@ class LlmConfig:
         scaling = getattr(hf, "rope_scaling", None)
         if scaling is None and rope.get("rope_type", "default") != "default":
             scaling = dict(rope)
+        # transformers 5 aliases rope_scaling to rope_parameters, which is never None: plain
+        # RoPE reads back as {"rope_type": "default", ...}. That is no scaling.
+        if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "default":
+            scaling = None
         return cls(
             vocab_size=hf.vocab_size,
             hidden_size=hf.hidden_size,
@@ -359,7 +368,7 @@ def _tiny() -> VitronConfig:
             image_size=32, patch_size=8, hidden_size=dv, num_layers=2, num_heads=2, intermediate_size=64
         ),
         projector=ProjectorConfig(in_dim=dv, out_dim=d),
-        region=RegionConfig(feature_dim=dv, out_dim=d, grid=4, loc_hidden=32),
+        region=RegionConfig(feature_dim=dv, out_dim=d, grid=4, loc_hidden=32, image_size=32),
         llm=LlmConfig(
             vocab_size=TINY_BASE_VOCAB + 2 + k,  # bytes + <image>, <region>, K signal tokens
             hidden_size=d,
@@ -387,7 +396,9 @@ def _tiny() -> VitronConfig:
             decoder_heads=2,
             decoder_mlp_dim=64,
             iou_head_hidden_dim=32,
-            mask_input_channels=4,
+            # SAM's own 16: with 4 the mask embedding's first LayerNorm sees 1 channel (4 // 4)
+            # and maps every mask_input to the same constant.
+            mask_input_channels=16,
             num_pos_feats=16,
         ),
         unet=UNetConfig(

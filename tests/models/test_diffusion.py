@@ -1,0 +1,199 @@
+"""UNet / VaeEncoder / VaeDecoder: shapes, parity with diffusers, loading, SD-1.x sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitron_rt.models.config import preset
+from vitron_rt.models.diffusion import (
+    UNet,
+    VaeDecoder,
+    VaeEncoder,
+    build_vae,
+    load_unet,
+    load_vae,
+    unet_config_from_diffusers,
+)
+from vitron_rt.models.weights import CheckpointError
+
+TINY = preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet(TINY.unet)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return build_vae(TINY.vae)
+
+
+def _run(module, inputs):
+    with torch.no_grad():
+        return module(**inputs)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ── UNet ──
+
+
+@pytest.mark.parametrize("batch, dims", [(1, {}), (3, {"height": 12, "width": 16, "seq_len": 5})])
+def test_unet_shapes(unet, batch, dims):
+    inputs = unet.dummy_inputs(batch=batch, **dims)
+    h, w = dims.get("height", TINY.unet.sample_size), dims.get("width", TINY.unet.sample_size)
+    assert inputs["timestep"].shape == (batch,) and inputs["timestep"].dtype == torch.float32
+    assert inputs["encoder_hidden_states"].shape == (
+        batch,
+        dims.get("seq_len", TINY.unet.context_length),
+        TINY.unet.cross_attention_dim,
+    )
+    assert _run(unet, inputs).shape == (batch, TINY.unet.out_channels, h, w)
+
+
+def test_unet_equals_diffusers(unet):
+    inputs = unet.dummy_inputs(batch=2)
+    with torch.no_grad():
+        ref = unet.unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+    torch.testing.assert_close(_run(unet, inputs), ref, rtol=0, atol=0)
+
+
+def test_unet_from_diffusers_wraps_without_copy(unet):
+    wrapped = UNet.from_diffusers(unet.unet, context_length=TINY.unet.context_length)
+    assert wrapped.unet is unet.unet
+    assert wrapped.config == TINY.unet  # the config round-trips through diffusers' own
+    assert unet_config_from_diffusers(unet.unet).context_length == 77  # CLIP's, by default
+
+
+def test_unet_dummy_inputs_reject_unknown_dims(unet):
+    with pytest.raises(TypeError, match="unknown dims"):
+        unet.dummy_inputs(frames=4)
+
+
+# ── VAE ──
+
+
+def test_vae_encoder_is_scaled_posterior_mean(vae):
+    enc = VaeEncoder(vae)
+    inputs = enc.dummy_inputs(batch=2)
+    images = inputs["images"]
+    assert images.min() >= -1 and images.max() <= 1
+    latents = _run(enc, inputs)
+    f = TINY.vae.downsample
+    assert latents.shape == (2, TINY.vae.latent_channels, TINY.vae.sample_size // f, TINY.vae.sample_size // f)
+    with torch.no_grad():
+        ref = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    torch.testing.assert_close(latents, ref, rtol=0, atol=0)
+    torch.testing.assert_close(_run(enc, inputs), latents, rtol=0, atol=0)  # deterministic
+
+
+def test_vae_decoder_unscales(vae):
+    dec = VaeDecoder(vae)
+    inputs = dec.dummy_inputs(batch=2, height=6, width=10)
+    images = _run(dec, inputs)
+    f = TINY.vae.downsample
+    assert images.shape == (2, 3, 6 * f, 10 * f)
+    with torch.no_grad():
+        ref = vae.decode(inputs["latents"] / vae.config.scaling_factor).sample
+    torch.testing.assert_close(images, ref, rtol=0, atol=0)
+
+
+def test_vae_halves_share_one_vae(vae):
+    assert VaeEncoder(vae).vae is vae and VaeDecoder(vae).vae is vae
+
+
+def test_vae_encoder_other_sizes_and_bad_sizes(vae):
+    enc = VaeEncoder(vae)
+    f = TINY.vae.downsample
+    latents = _run(enc, enc.dummy_inputs(batch=3, height=12 * f, width=20 * f))
+    assert latents.shape == (3, TINY.vae.latent_channels, 12, 20)
+    with pytest.raises(ValueError, match="multiples"):
+        enc.dummy_inputs(height=12 * f + 1)
+    with pytest.raises(TypeError, match="unknown dims"):
+        enc.dummy_inputs(depth=2)
+
+
+# ── loading ──
+
+
+@pytest.mark.parametrize("layout", ["model", "pipeline"])
+def test_load_unet_round_trip(unet, tmp_path, layout):
+    folder = tmp_path if layout == "model" else tmp_path / "unet"
+    unet.unet.save_pretrained(folder)
+    loaded = load_unet(tmp_path, context_length=TINY.unet.context_length)
+    assert isinstance(loaded, UNet) and loaded.config == TINY.unet
+    inputs = unet.dummy_inputs(batch=2)
+    torch.testing.assert_close(_run(loaded, inputs), _run(unet, inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["model", "pipeline"])
+def test_load_vae_round_trip(vae, tmp_path, layout):
+    folder = tmp_path if layout == "model" else tmp_path / "vae"
+    vae.save_pretrained(folder)
+    loaded = load_vae(tmp_path)
+    for half in (VaeEncoder, VaeDecoder):
+        inputs = half(vae).dummy_inputs(batch=1)
+        torch.testing.assert_close(_run(half(loaded), inputs), _run(half(vae), inputs), rtol=0, atol=0)
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not a diffusers UNet2DConditionModel folder"):
+        load_unet(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="not a diffusers AutoencoderKL folder"):
+        load_vae(tmp_path)
+
+
+def test_load_wrong_class(vae, tmp_path):
+    vae.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="expected 'UNet2DConditionModel'"):
+        load_unet(tmp_path)
+
+
+def test_load_without_weights(vae, tmp_path):
+    vae.save_pretrained(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="cannot load AutoencoderKL"):
+        load_vae(tmp_path)
+
+
+def test_load_incomplete_weights(vae, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    vae.save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(weights))
+    del sd["decoder.conv_out.weight"]
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="decoder.conv_out.weight"):
+        load_vae(tmp_path)
+
+
+def test_unreadable_config(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable config"):
+        load_vae(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(CheckpointError, match="cannot load AutoencoderKL"):
+        load_vae(tmp_path)
+
+
+# ── vitron-7b sizes (meta device: shapes only, no memory) ──
+
+
+def test_vitron_7b_is_stable_diffusion_1x():
+    cfg = preset("vitron-7b")
+    with torch.device("meta"):
+        unet = UNet(cfg.unet)
+        vae = build_vae(cfg.vae)
+    assert _count(unet) == 859_520_964  # SD-1.x UNet
+    assert _count(vae) == 83_653_863  # SD VAE (kl-f8)
+    assert _count(vae.encoder) + _count(vae.quant_conv) == 34_163_664
+    assert _count(vae.decoder) + _count(vae.post_quant_conv) == 49_490_199
