@@ -47,7 +47,9 @@ def _base_tokenizer() -> Tokenizer:
 def _fast_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=_base_tokenizer(), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_base_tokenizer(), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def _model(cfg: LlmConfig = BASE, seed: int = 0):
@@ -95,7 +97,8 @@ def _assert_same_model(loaded, ref, ids=None):
         got = loaded.decoder.model(input_ids=ids).logits  # (1, T, 263)
     v = want.shape[-1]
     torch.testing.assert_close(got[..., :v], want, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[..., v:], want.mean(-1, keepdim=True).expand(-1, -1, got.shape[-1] - v), atol=1e-5, rtol=0)
+    mean = want.mean(-1, keepdim=True).expand(-1, -1, got.shape[-1] - v)
+    torch.testing.assert_close(got[..., v:], mean, atol=1e-5, rtol=0)
 
 
 # -- detection --------------------------------------------------------------------------------
@@ -351,7 +354,8 @@ def test_vitron_folder_loads_the_llama_part(tmp_path, monkeypatch):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(model_type="llava_llama", mm_hidden_size=32, mm_projector_type="mlp2x_gelu")
     (folder / "config.json").write_text(json.dumps(cfg))
-    _edit_weights(folder / "model.safetensors", lambda sd: sd.update({"model.mm_projector.0.weight": torch.ones(64, 32)}))
+    projector = {"model.mm_projector.0.weight": torch.ones(64, 32)}
+    _edit_weights(folder / "model.safetensors", lambda sd: sd.update(projector))
     monkeypatch.setattr(checkpoint, "_is_vitron_folder", lambda path: True)
     assert detect(folder) is CheckpointKind.VITRON_FOLDER
     loaded = load_llm(folder, num_signal_tokens=K)
@@ -397,6 +401,7 @@ def test_smollm2_loads_with_special_tokens(smollm2):
     cfg = smollm2.config
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size) == (30, 9, 3, 576)
     assert cfg.tie_word_embeddings
+    assert smollm2.decoder.model.lm_head.weight is smollm2.decoder.input_embeddings().weight  # still tied after growth
     k = SignalConfig().num_tokens
     assert cfg.vocab_size == 49152 + 2 + k == smollm2.tokenizer.vocab_size == smollm2.decoder.vocab_size
     assert smollm2.tokenizer.token_id("<image>") == 49152

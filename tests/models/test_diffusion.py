@@ -88,7 +88,8 @@ def test_vae_encoder_is_scaled_posterior_mean(vae):
     assert images.min() >= -1 and images.max() <= 1
     latents = _run(enc, inputs)
     f = TINY.vae.downsample
-    assert latents.shape == (2, TINY.vae.latent_channels, TINY.vae.sample_size // f, TINY.vae.sample_size // f)
+    side = TINY.vae.sample_size // f
+    assert latents.shape == (2, TINY.vae.latent_channels, side, side)
     with torch.no_grad():
         ref = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
     torch.testing.assert_close(latents, ref, rtol=0, atol=0)
@@ -197,3 +198,52 @@ def test_vitron_7b_is_stable_diffusion_1x():
     assert _count(vae) == 83_653_863  # SD VAE (kl-f8)
     assert _count(vae.encoder) + _count(vae.quant_conv) == 34_163_664
     assert _count(vae.decoder) + _count(vae.post_quant_conv) == 49_490_199
+
+
+def _onnx_max_err(module, export_inputs, axes, outputs, other_inputs, tmp_path):
+    """Export with dynamo (one unbounded Dim per named axis, opset 18, as vitron_rt.export
+    does), then the max abs error of ONNX Runtime vs torch on shapes other than the traced."""
+    import onnxruntime as ort
+
+    dims = {}
+    shapes = {k: {a: dims.setdefault(n, torch.export.Dim(n)) for a, n in axes[k].items()} for k in axes}
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        module, (), kwargs=export_inputs, dynamic_shapes=shapes, input_names=list(export_inputs),
+        output_names=outputs, opset_version=18, dynamo=True, verbose=False,
+    ).save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    err = 0.0
+    for inputs in other_inputs:
+        want = _run(module, inputs)
+        (got,) = session.run(outputs, {k: v.numpy() for k, v in inputs.items()})
+        assert got.shape == tuple(want.shape)
+        err = max(err, float(abs(torch.from_numpy(got) - want).max()))
+    return err
+
+
+@pytest.mark.slow
+def test_unet_exports_with_dynamic_batch_and_size(unet, tmp_path):
+    axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "seq_len"}}
+    others = [
+        unet.dummy_inputs(batch=1, height=8, width=12, seq_len=3),
+        unet.dummy_inputs(batch=3, height=16, width=6),
+    ]
+    err = _onnx_max_err(unet, unet.dummy_inputs(batch=2), axes, ["noise_pred"], others, tmp_path)
+    assert err < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("half", [VaeEncoder, VaeDecoder])
+def test_vae_exports_with_dynamic_batch_and_size(vae, half, tmp_path):
+    module = half(vae)
+    name, output = ("images", "latents") if half is VaeEncoder else ("latents", "images")
+    f = TINY.vae.downsample if half is VaeEncoder else 1
+    others = [
+        module.dummy_inputs(batch=1, height=6 * f, width=10 * f),
+        module.dummy_inputs(batch=3, height=4 * f, width=2 * f),
+    ]
+    axes = {name: {0: "batch", 2: "height", 3: "width"}}
+    err = _onnx_max_err(module, module.dummy_inputs(batch=2), axes, [output], others, tmp_path)
+    assert err < 1e-4

@@ -141,7 +141,8 @@ def test_split_equals_sam_forward(sam, encoder, decoder, use_mask):
 def test_load_round_trip(sam, encoder, decoder, tmp_path):
     sam.save_pretrained(tmp_path)
     loaded = load_sam(tmp_path)
-    assert loaded.prompt_encoder.shared_embedding.positional_embedding is loaded.shared_image_embedding.positional_embedding
+    tied = loaded.prompt_encoder.shared_embedding.positional_embedding
+    assert tied is loaded.shared_image_embedding.positional_embedding
     inputs = decoder.dummy_inputs(batch=2)
     pixels = encoder.dummy_inputs(batch=2)
     torch.testing.assert_close(_run(SegImageEncoder(loaded), pixels), _run(encoder, pixels), rtol=0, atol=0)
@@ -182,3 +183,53 @@ def test_vitron_7b_is_sam_vit_b():
     assert count(sam.vision_encoder) == 89_670_912
     assert count(sam.mask_decoder) == 4_058_340
     assert count(sam.prompt_encoder) == 6_476
+
+
+def _onnx_max_err(module, export_inputs, axes, outputs, other_inputs, tmp_path):
+    """Export with dynamo (one unbounded Dim per named axis, opset 18, as vitron_rt.export
+    does), then the max abs error of ONNX Runtime vs torch, relative to the largest |output|,
+    on shapes other than the traced ones."""
+    import onnxruntime as ort
+
+    dims = {}
+    shapes = {k: {a: dims.setdefault(n, torch.export.Dim(n)) for a, n in axes[k].items()} for k in axes}
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        module, (), kwargs=export_inputs, dynamic_shapes=shapes, input_names=list(export_inputs),
+        output_names=outputs, opset_version=18, dynamo=True, verbose=False,
+    ).save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    err = 0.0
+    for inputs in other_inputs:
+        want = _run(module, inputs)
+        want = want if isinstance(want, tuple) else (want,)
+        got = session.run(outputs, {k: v.numpy() for k, v in inputs.items()})
+        for g, w in zip(got, want):
+            assert g.shape == tuple(w.shape)
+            err = max(err, float(abs(torch.from_numpy(g) - w).max() / w.abs().max()))
+    return err
+
+
+@pytest.mark.slow
+def test_encoder_exports_with_dynamic_batch(encoder, tmp_path):
+    err = _onnx_max_err(
+        encoder, encoder.dummy_inputs(batch=2), {"pixel_values": {0: "batch"}}, ["image_embeddings"],
+        [encoder.dummy_inputs(batch=1), encoder.dummy_inputs(batch=3)], tmp_path,
+    )
+    assert err < 1e-5
+
+
+@pytest.mark.slow
+def test_decoder_exports_with_dynamic_batch_and_signal_tokens(decoder, tmp_path):
+    axes = {k: {0: "batch"} for k in decoder.dummy_inputs()}
+    axes["signal_embeddings"] = {0: "batch", 1: "num_signal_tokens"}
+    others = [
+        decoder.dummy_inputs(batch=1, num_signal_tokens=0),
+        decoder.dummy_inputs(batch=3, num_signal_tokens=5),
+    ]
+    others[1]["has_box"][1] = 0
+    err = _onnx_max_err(
+        decoder, decoder.dummy_inputs(batch=2, num_signal_tokens=2), axes, ["low_res_masks", "iou_scores"],
+        others, tmp_path,
+    )
+    assert err < 1e-5  # relative to the largest |output|: tiny random SAM's logits are ~1e-4

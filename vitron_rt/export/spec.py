@@ -173,6 +173,11 @@ class ExportSpec(ABC):
             ) from None
         return module(**inputs)
 
+    def bind(self, module: nn.Module) -> "ExportSpec":
+        """The spec for this particular module: itself, unless its I/O list depends on the
+        module (the decoder's per-layer KV tensors). Generic code binds before exporting."""
+        return self
+
     def attributes(self, module: nn.Module) -> dict[str, Any]:
         """Component constants for the manifest (JSON values), e.g. a VAE's scaling factor."""
         return {}

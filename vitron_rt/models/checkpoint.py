@@ -145,19 +145,15 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _unsupported(model_type: str, where: object) -> CheckpointError:
-    known = "; ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
-    return CheckpointError(
-        f"{where}: model_type {model_type!r} is not supported; vitron-rt loads LLaMA-family "
-        f"decoders that transformers runs as LlamaForCausalLM: {known}"
-    )
-
-
 def _check_llama_compatible(cfg: dict, where: object, allowed: tuple[str, ...] | None = None) -> str:
     """The config's model_type, if it is one we load as LLaMA; else a CheckpointError."""
     model_type = str(cfg.get("model_type", ""))
     if model_type not in (allowed or tuple(SUPPORTED_MODEL_TYPES)):
-        raise _unsupported(model_type, where)
+        known = ", ".join(allowed) if allowed else "; ".join(f"{k} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
+        raise CheckpointError(
+            f"{where}: model_type {model_type!r} is not supported; vitron-rt loads LLaMA-family "
+            f"decoders that transformers runs as LlamaForCausalLM: {known}"
+        )
     window = cfg.get("sliding_window")
     context = cfg.get("max_position_embeddings")
     if window is not None and (context is None or window < context):
@@ -387,7 +383,8 @@ def _load_safetensors_file(file: Path):
     model_type = _check_llama_compatible(cfg, file)
     tok = _tokenizer_beside(file, cfg)
     model = _from_state_dict(_llama_config(cfg), read_state_dict(file), file)
-    files = [file.name] + [n for n in ("config.json", "tokenizer.json", "tokenizer_config.json") if (file.parent / n).is_file()]
+    siblings = ("config.json", "tokenizer.json", "tokenizer_config.json")
+    files = [file.name] + [n for n in siblings if (file.parent / n).is_file()]
     return model, tok, model_type, files
 
 
@@ -472,9 +469,10 @@ def load_llm(path: str | Path, num_signal_tokens: int, chat_template: str | None
     kind = detect(path)
     model, hf_tok, model_type, files = _LOADERS[kind](path)
 
-    dtypes = {str(t.dtype) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
-    if dtypes != {"torch.float32"} or any(not p.is_floating_point() for p in model.parameters()):
-        raise CheckpointError(f"{path}: weights did not load as plain float32 tensors (got {sorted(dtypes)})")
+    # The parity oracle is fp32; a loader that kept packed (quantised) weights would break it.
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()]}
+    if dtypes != {torch.float32}:
+        raise CheckpointError(f"{path}: weights did not load as float32 tensors (got {sorted(map(str, dtypes))})")
 
     rows = model.get_input_embeddings().weight.shape[0]
     backend = getattr(hf_tok, "backend_tokenizer", None)

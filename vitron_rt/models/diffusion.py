@@ -146,11 +146,12 @@ class UNet(nn.Module):
         """Seeded inputs; dims: `height`, `width` (latent pixels, default sample_size) and
         `seq_len` (default the config's context_length)."""
         c = self.unet.config
-        d = _dims(dims, {"height": c.sample_size, "width": c.sample_size, "seq_len": self.config.context_length})
+        side, seq = c.sample_size, self.config.context_length
+        d = _dims(dims, {"height": side, "width": side, "seq_len": seq})
         p = _param(self.unet)
         g = torch.Generator().manual_seed(0)
         inputs = {
-            "sample": torch.randn(batch, c.in_channels, d["height"], d["width"], generator=g),  # (B, Cin, h, w)
+            "sample": torch.randn(batch, c.in_channels, d["height"], d["width"], generator=g),  # (B,Cin,h,w)
             "timestep": torch.randint(0, 1000, (batch,), generator=g).float(),  # (B,)
             "encoder_hidden_states": torch.randn(batch, d["seq_len"], c.cross_attention_dim, generator=g),
         }
@@ -219,7 +220,7 @@ class VaeEncoder(nn.Module):
             raise ValueError(f"image height/width must be multiples of {f}, got {d['height']}x{d['width']}")
         p = _param(self.vae)
         g = torch.Generator().manual_seed(0)
-        images = torch.rand(batch, c.in_channels, d["height"], d["width"], generator=g) * 2 - 1  # (B, 3, H, W)
+        images = torch.rand(batch, c.in_channels, d["height"], d["width"], generator=g) * 2 - 1  # (B,3,H,W)
         return {"images": images.to(device=p.device, dtype=p.dtype)}
 
 

@@ -6,7 +6,7 @@ config and `generate()` stay the library's) behind a flat, tensor-only signature
 
     inputs_embeds (B,T,D) ─┐
     attention_mask (B,P+T) ├─► LlamaModel (DynamicCache seeded with the past) ─► norm ─► hidden (B,T,D)
-    position_ids (B,T)     │                                                           └► lm_head ─► logits (B,T,V)
+    position_ids (B,T)     │                                             └► lm_head ─► logits (B,T,V)
     past k_i, v_i          ┘   present k_i, v_i (B,H_kv,P+T,hd) = past ++ this step's keys / values
 
 Token embedding is a separate component (`EmbedTokens`) because the runtime splices
@@ -37,9 +37,10 @@ _KV_PATTERNS = {"past": "past_key_values.{i}.{kind}", "present": "present.{i}.{k
 class LlmDecoder(nn.Module):
     """A LLaMA-family causal LM with an explicit, flat KV-cache signature (see module docstring).
 
-    Supports whatever transformers' `LlamaForCausalLM` supports: GQA (num_kv_heads <
-    num_heads), tied or untied LM head, RoPE scaling (linear, dynamic-free variants such as
-    llama3 / yarn whose frequencies are fixed at init).
+    Covers what transformers' `LlamaForCausalLM` covers: GQA (num_kv_heads < num_heads),
+    tied or untied LM head, and RoPE scaling whose frequencies are fixed at init (tested:
+    linear, llama3). "dynamic" NTK scaling, which recomputes them from the sequence length
+    at run time, runs in torch but has not been export-checked.
     """
 
     def __init__(self, hf_model: nn.Module):
