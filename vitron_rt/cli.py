@@ -50,13 +50,81 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 # --- subcommands -----------------------------------------------------------------------
 
 
+def _export(args: argparse.Namespace) -> int:
+    import time
+
+    from vitron_rt.export.errors import ExportError
+    from vitron_rt.export.pipeline import export_bundle
+    from vitron_rt.export.source import SourceError, from_checkpoints, from_preset
+    from vitron_rt.models.weights import CheckpointError
+
+    t0 = time.perf_counter()
+    try:
+        if args.preset:
+            if args.llm or args.checkpoint or args.vision:
+                raise SourceError("--preset takes no --llm, --checkpoint or --vision: it is random weights")
+            ref = from_preset(args.preset)
+        else:
+            ref = from_checkpoints(llm=args.llm, checkpoint=args.checkpoint, vision=args.vision)
+        print(f"exporting {len(ref.components)} components to {args.out}", file=sys.stderr)
+        path, rows = export_bundle(ref, args.out, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    except (SourceError, CheckpointError, ExportError, ValueError, OSError) as e:
+        raise CliError(f"vitron-rt export: {_one_line(e)}") from None
+    print(f"wrote {path} ({len(rows)} checks passed, {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from vitron_rt.bundle import BundleError, load_bundle
+
+    if args.engine == "trt":
+        raise CliError(
+            "vitron-rt check: --engine trt needs TensorRT, which is not built into this command yet "
+            "(the engines issue); use --engine ort",
+            code=EXIT_USAGE,
+        )
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as e:
+        raise CliError(f"vitron-rt check: {_one_line(e)}") from None
+    from vitron_rt.export.errors import ExportError
+    from vitron_rt.export.pipeline import check_bundle
+    from vitron_rt.export.source import SourceError
+    from vitron_rt.export.validate import format_table
+    from vitron_rt.models.weights import CheckpointError
+
+    try:
+        rows = check_bundle(bundle)
+    except (SourceError, CheckpointError, ExportError, KeyError, ValueError) as e:
+        raise CliError(f"vitron-rt check: {_one_line(e)}") from None
+    print(format_table(rows))
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        print(f"vitron-rt check: {len(failed)} of {len(rows)} checks failed", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.component} {r.output} ({r.case}): {r.result.detail}", file=sys.stderr)
+        return 1
+    print(f"all {len(rows)} checks passed")
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="seeded random weights for every component: tiny | vitron-7b")
-    src.add_argument("--llm", metavar="PATH", help="LLM weights: HF folder, .safetensors or .gguf")
-    src.add_argument("--checkpoint", metavar="DIR", help="a Vitron / LLaVA checkpoint folder")
+    p.add_argument("--preset", help="seeded random weights for every component (tiny)")
+    p.add_argument(
+        "--llm",
+        metavar="PATH",
+        help="LLM weights (HF folder, .safetensors or .gguf): a text-only bundle, or with "
+        "--checkpoint the base model under its LoRA",
+    )
+    p.add_argument("--checkpoint", metavar="DIR", help="a Vitron / LLaVA checkpoint folder")
     p.add_argument("--vision", metavar="PATH", help="vision tower (CLIP) folder, when not in the checkpoint")
     p.add_argument("--out", required=True, metavar="B", help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
 
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
@@ -108,12 +176,12 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
     "export": (
         "export every component to ONNX and write a bundle",
         _configure_export,
-        _not_built("export", "the export issue"),
+        _export,
     ),
     "check": (
         "check a bundle's components against their PyTorch references",
         _configure_check,
-        _not_built("check", "the export issue"),
+        _check,
     ),
     "build": (
         "build TensorRT engines for a bundle",

@@ -27,9 +27,9 @@ def test_component_names_cover_design_table():
 @pytest.mark.parametrize("name", COMPONENT_NAMES)
 def test_tiny_component_forward(tiny, name):
     module = tiny.component(name)
-    inputs = module.dummy_inputs(batch=2)
+    inputs = module.dummy_inputs(batch=2)  # ordered as forward's parameters
     with torch.no_grad():
-        out = module(**inputs)
+        out = module(*inputs.values())
     outs = out if isinstance(out, tuple) else (out,)
     assert outs, name
     for t in outs:

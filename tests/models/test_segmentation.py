@@ -44,6 +44,7 @@ def test_encoder_shape(encoder):
     assert inputs["pixel_values"].shape == (3, 3, TINY.image_size, TINY.image_size)
     emb = _run(encoder, inputs)
     assert emb.shape == (3, TINY.prompt_dim, TINY.embedding_size, TINY.embedding_size)
+    assert (encoder.image_size, encoder.embedding_size) == (TINY.image_size, TINY.embedding_size)
     assert emb.abs().max() > 0.1  # random weights that do something (not SAM's 1e-10 init)
 
 

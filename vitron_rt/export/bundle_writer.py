@@ -54,6 +54,10 @@ class BundleWriter:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self._staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+            # mkdtemp makes the folder private (0700); a bundle is an ordinary folder.
+            umask = os.umask(0)
+            os.umask(umask)
+            self._staging.chmod(0o777 & ~umask)
         except OSError as e:
             raise BundleError(f"cannot write a bundle to {self.out}: {_reason(e)}") from None
         return self

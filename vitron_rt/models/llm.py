@@ -197,6 +197,12 @@ class EmbedTokens(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(input_ids)  # (B, T, D)
 
+    def dummy_inputs(self, batch: int = 1, seq: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Seeded token ids over the whole vocabulary (added tokens included)."""
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, self.embedding.num_embeddings, (batch, seq), generator=gen)  # (B, T)
+        return {"input_ids": ids.to(self.embedding.weight.device)}
+
 
 @torch.inference_mode()
 def greedy_generate(

@@ -112,6 +112,12 @@ class SegImageEncoder(nn.Module):
     def image_size(self) -> int:
         return self.sam.config.vision_config.image_size
 
+    @property
+    def embedding_size(self) -> int:
+        """E, the side of the embedding grid (S / patch size)."""
+        v = self.sam.config.vision_config
+        return v.image_size // v.patch_size
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (B,3,S,S), normalised with the config's mean/std -> (B,C,E,E)."""
         return self.sam.vision_encoder(pixel_values).last_hidden_state  # (B, C, E, E)

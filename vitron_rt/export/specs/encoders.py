@@ -35,6 +35,9 @@ class MMProjectorSpec(ExportSpec):
         feeds = module.dummy_inputs(batch=shape["batch"], tokens=shape["patches"], seed=shape["patches"])
         return {"image_features": feeds["features"]}
 
+    def forward(self, module, inputs):
+        return module(inputs["image_features"])
+
 
 @register_spec("region_encoder")
 class RegionEncoderSpec(ExportSpec):

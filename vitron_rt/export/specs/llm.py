@@ -14,8 +14,6 @@ long sequence; decode: sequence 1, long past) instead of two engines' worth of w
 
 from __future__ import annotations
 
-import torch
-
 from vitron_rt.bundle import DimRange, Profile, Tolerance
 from vitron_rt.export.spec import IO, ExportSpec, register_spec
 
@@ -36,9 +34,7 @@ class EmbedTokensSpec(ExportSpec):
     profiles = {"batch": (1, 1, 4), "sequence": (1, 128, 4096)}
 
     def sample_inputs(self, module, shape):
-        vocab = module.embedding.num_embeddings
-        g = torch.Generator().manual_seed(shape["sequence"])
-        return {"input_ids": torch.randint(0, vocab, (shape["batch"], shape["sequence"]), generator=g)}
+        return module.dummy_inputs(batch=shape["batch"], seq=shape["sequence"], seed=shape["sequence"])
 
 
 @register_spec("llm_decoder")
