@@ -53,11 +53,13 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     import time
 
-    from vitron_rt.export.errors import ExportError
+    from vitron_rt.bundle import BundleError
+    from vitron_rt.export.errors import ExportError, ValidationError
     from vitron_rt.export.pipeline import export_bundle
     from vitron_rt.export.source import SourceError, from_checkpoints, from_preset
     from vitron_rt.models.weights import CheckpointError
 
+    _quiet_libraries()
     t0 = time.perf_counter()
     try:
         if args.preset:
@@ -68,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
             ref = from_checkpoints(llm=args.llm, checkpoint=args.checkpoint, vision=args.vision)
         print(f"exporting {len(ref.components)} components to {args.out}", file=sys.stderr)
         path, rows = export_bundle(ref, args.out, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    except (SourceError, CheckpointError, ExportError, ValueError, OSError) as e:
+    except (SourceError, CheckpointError, BundleError, ExportError, ValidationError, ValueError, OSError) as e:
         raise CliError(f"vitron-rt export: {_one_line(e)}") from None
     print(f"wrote {path} ({len(rows)} checks passed, {time.perf_counter() - t0:.0f} s)")
     return 0
@@ -78,15 +80,12 @@ def _check(args: argparse.Namespace) -> int:
     from vitron_rt.bundle import BundleError, load_bundle
 
     if args.engine == "trt":
-        raise CliError(
-            "vitron-rt check: --engine trt needs TensorRT, which is not built into this command yet "
-            "(the engines issue); use --engine ort",
-            code=EXIT_USAGE,
-        )
+        _require_trt("check")
     try:
         bundle = load_bundle(args.bundle)
     except BundleError as e:
         raise CliError(f"vitron-rt check: {_one_line(e)}") from None
+    from vitron_rt.engines import EngineError, MissingDependencyError, runner_factory
     from vitron_rt.export.errors import ExportError
     from vitron_rt.export.pipeline import check_bundle
     from vitron_rt.export.source import SourceError
@@ -94,8 +93,10 @@ def _check(args: argparse.Namespace) -> int:
     from vitron_rt.models.weights import CheckpointError
 
     try:
-        rows = check_bundle(bundle)
-    except (SourceError, CheckpointError, ExportError, KeyError, ValueError) as e:
+        rows = check_bundle(bundle, runner=runner_factory(bundle, args.engine))
+    except MissingDependencyError as e:
+        raise CliError(f"vitron-rt check: {_one_line(e)}", code=EXIT_USAGE) from None
+    except (SourceError, CheckpointError, ExportError, EngineError, BundleError, KeyError, ValueError) as e:
         raise CliError(f"vitron-rt check: {_one_line(e)}") from None
     print(format_table(rows))
     failed = [r for r in rows if not r.passed]
@@ -106,6 +107,79 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print(f"all {len(rows)} checks passed")
     return 0
+
+
+def _require_trt(stage: str) -> None:
+    """TensorRT, Polygraphy, cuda-python and a GPU, or one line naming what is missing (exit 2)."""
+    from vitron_rt.engines.deps import require_polygraphy, require_trt_stack
+    from vitron_rt.engines.errors import MissingDependencyError
+
+    try:
+        require_trt_stack()
+        require_polygraphy()
+    except MissingDependencyError as e:
+        raise CliError(f"vitron-rt {stage}: {_one_line(e)}", code=EXIT_USAGE) from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    """--engine trt: one TensorRT engine per component, keyed and cached in the bundle's
+    engines/. --engine ort: ONNX Runtime's optimized model of each component, cached there
+    too, so the first request does not pay for graph optimization."""
+    import time
+
+    from vitron_rt.bundle import BundleError, load_bundle
+
+    if args.engine == "trt":
+        _require_trt("build")
+    elif args.precision:
+        raise CliError(f"vitron-rt build: --{args.precision} is a TensorRT precision; add --engine trt", code=EXIT_USAGE)
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as e:
+        raise CliError(f"vitron-rt build: {_one_line(e)}") from None
+    from vitron_rt.engines import EngineError, MissingDependencyError, make_runner
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
+        if args.engine == "trt":
+            from vitron_rt.engines.trt_build import BuildOptions, Precision, build_engines
+
+            built = build_engines(bundle, BuildOptions(precision=Precision(args.precision or "fp32")), log=log)
+            count = len(built)
+        else:
+            count = 0
+            for name in bundle.manifest.components:
+                with make_runner(bundle, name, "ort") as runner:
+                    log(f"  {name:<34} {'reused' if runner.cache_hit else 'optimized'}: {runner.model_path.name}")
+                count += 1
+    except MissingDependencyError as e:
+        raise CliError(f"vitron-rt build: {_one_line(e)}", code=EXIT_USAGE) from None
+    except (EngineError, BundleError, OSError) as e:
+        raise CliError(f"vitron-rt build: {_one_line(e)}") from None
+    what = "TensorRT engines" if args.engine == "trt" else "ONNX Runtime optimized models"
+    print(f"{count} {what} in {bundle.engines_dir} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep library progress bars and load reports off a command's stderr: vitron-rt
+    prints its own progress, and an error is one line of its own."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "diffusers", "torch.onnx", "onnxscript", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _one_line(e: BaseException) -> str:
@@ -186,7 +260,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
     "build": (
         "build TensorRT engines for a bundle",
         _configure_build,
-        _not_built("build", "the engines issue"),
+        _build,
     ),
     "run": (
         "run one request (understand, segment, generate, edit) on a bundle",

@@ -14,12 +14,22 @@ long sequence; decode: sequence 1, long past) instead of two engines' worth of w
 
 from __future__ import annotations
 
+import torch
+
 from vitron_rt.bundle import DimRange, Profile, Tolerance
 from vitron_rt.export.spec import IO, ExportSpec, register_spec
 
-# Greedy decoding must pick the same token as PyTorch: the argmax check is exact, the
-# value check stays at the fp32 default.
-LOGITS_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3, argmax=True, reason="greedy tokens must match exactly")
+# A deep fp32 decoder accumulates summation-order differences layer by layer: on
+# SmolLM2-135M (30 layers), with its own KV cache as the past, ORT vs PyTorch measured
+# max abs err 2.9e-4 on deep-layer keys/values (magnitudes ~10-50) and 1.9e-4 on logits
+# (magnitudes ~20), i.e. ~1e-5 of scale. Greedy decoding must still pick the same token:
+# the logits also carry an exact argmax check, and export runs a 32-token greedy parity.
+DECODER_TOLERANCE = Tolerance(
+    atol=1e-3, rtol=1e-3, reason="30-layer fp32 decoder: measured 2.9e-4 max abs err on SmolLM2 KV (scale ~10-50)"
+)
+LOGITS_TOLERANCE = Tolerance(
+    atol=1e-3, rtol=1e-3, argmax=True, reason="as the decoder's outputs, plus greedy tokens must match exactly"
+)
 
 
 @register_spec("embed_tokens")
@@ -55,6 +65,7 @@ class LlmDecoderSpec(ExportSpec):
         IO("hidden_states", {0: "batch", 1: "sequence"}),
     )
     tolerances = {"logits": LOGITS_TOLERANCE}
+    default_tolerance = DECODER_TOLERANCE
     # Traced with a non-empty past; validated on an empty one (a first prefill), a single
     # decode token, another batch and a longer past.
     export_shapes = {"batch": 2, "sequence": 3, "total_sequence": 8, "past_sequence": 5}
@@ -101,10 +112,29 @@ class LlmDecoderSpec(ExportSpec):
         )
 
     def sample_inputs(self, module, shape):
+        """Token embeddings of random ids, and a past that is the model's own KV cache for a
+        random prefix (random-noise KV would put attention far outside what a real cache
+        holds and measure the wrong thing)."""
         b, t, p = shape["batch"], shape["sequence"], shape["past_sequence"]
         if shape["total_sequence"] != p + t:
             raise ValueError(f"total_sequence must be past_sequence + sequence, got {shape}")
-        return module.dummy_inputs(batch=b, seq=t, past=p, seed=t * 31 + p)
+        g = torch.Generator().manual_seed(t * 31 + p)
+        ids = torch.randint(0, module.vocab_size, (b, p + t), generator=g)  # (B, P+T)
+        embeds = module.input_embeddings()(ids)  # (B, P+T, D)
+        positions = torch.arange(p + t).expand(b, p + t)  # (B, P+T)
+        mask = torch.ones(b, p + t, dtype=torch.int64)
+        past = module.empty_past(batch=b)
+        if p:
+            with torch.no_grad():
+                out = module(embeds[:, :p], mask[:, :p], positions[:, :p].contiguous(), *past)
+            past = list(out[2:])  # (B, H_kv, P, hd) each
+        feeds = {
+            "inputs_embeds": embeds[:, p:].detach().contiguous(),  # (B, T, D)
+            "attention_mask": mask,  # (B, P+T)
+            "position_ids": positions[:, p:].contiguous(),  # (B, T)
+        }
+        feeds.update(zip(module.kv_names("past"), (k.detach().contiguous() for k in past)))
+        return feeds
 
     def forward(self, module, inputs):
         return module(*inputs.values())
