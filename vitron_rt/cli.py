@@ -132,7 +132,9 @@ def _build(args: argparse.Namespace) -> int:
     if args.engine == "trt":
         _require_trt("build")
     elif args.precision:
-        raise CliError(f"vitron-rt build: --{args.precision} is a TensorRT precision; add --engine trt", code=EXIT_USAGE)
+        raise CliError(
+            f"vitron-rt build: --{args.precision} is a TensorRT precision; add --engine trt", code=EXIT_USAGE
+        )
     try:
         bundle = load_bundle(args.bundle)
     except BundleError as e:
@@ -161,6 +163,72 @@ def _build(args: argparse.Namespace) -> int:
         raise CliError(f"vitron-rt build: {_one_line(e)}") from None
     what = "TensorRT engines" if args.engine == "trt" else "ONNX Runtime optimized models"
     print(f"{count} {what} in {bundle.engines_dir} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """One request: stream the reply to stdout (a timing line on stderr after it), or
+    with --json print one object. Bad input is one line on stderr and exit 1."""
+    import json
+
+    from vitron_rt.bundle import BundleError
+    from vitron_rt.engines import EngineError, MissingDependencyError
+    from vitron_rt.runtime.errors import VitronInputError
+    from vitron_rt.runtime.region import validate_region
+    from vitron_rt.runtime.sampling import SamplingParams
+    from vitron_rt.runtime.session import Session
+
+    if args.engine == "trt":
+        _require_trt("run")
+
+    def stream(delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    try:
+        region = None
+        if args.region is not None:
+            parts = args.region.split(",")
+            try:
+                values = [float(p) for p in parts]
+            except ValueError:
+                values = parts
+            region = validate_region(values)
+        sampling = SamplingParams(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
+        with Session(args.bundle, engine=args.engine) as session:
+            result = session.run(
+                args.prompt,
+                image=args.image,
+                video=args.video,
+                region=region,
+                task=args.task,
+                sampling=sampling,
+                out_dir=args.out,
+                on_text=None if args.json else stream,
+            )
+    except MissingDependencyError as e:
+        raise CliError(f"vitron-rt run: {_one_line(e)}", code=EXIT_USAGE) from None
+    except (VitronInputError, BundleError, EngineError, OSError) as e:
+        if not args.json:
+            sys.stdout.flush()
+        raise CliError(f"vitron-rt run: {_one_line(e)}") from None
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    print()
+    t, usage = result.timings_ms, result.usage
+    rate = (usage.completion_tokens - 1) / (t["decode"] / 1e3) if t["decode"] > 0 else 0.0
+    print(
+        f"prefill {t['prefill']:.0f} ms ({usage.prompt_tokens} tokens), decode {t['decode']:.0f} ms "
+        f"({usage.completion_tokens} tokens, {rate:.1f} tok/s), {result.finish_reason}",
+        file=sys.stderr,
+    )
+    if result.message is not None:
+        print(f"message: {json.dumps(result.message.to_dict(), ensure_ascii=False)}", file=sys.stderr)
+    for out in result.outputs:
+        print(f"{out.kind}: {out.path}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -265,7 +333,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
     "run": (
         "run one request (understand, segment, generate, edit) on a bundle",
         _configure_run,
-        _not_built("run", "the runtime issue"),
+        _run,
     ),
     "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _not_built("bench", "the bench issue")),
     "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _not_built("serve", "the serving issue")),

@@ -162,7 +162,10 @@ def cupy_matmul() -> Row:
     gpu_ms = _timed(lambda: da @ db, sync=sync)
     cpu_ms = _timed(lambda: a @ b, repeats=3)
     return Row(
-        "cupy_matmul", "ok" if err < 1e-4 else "FAIL", f"max rel err {err:.2e} vs fp64 CPU", {"cpu": cpu_ms, "cuda": gpu_ms}
+        "cupy_matmul",
+        "ok" if err < 1e-4 else "FAIL",
+        f"max rel err {err:.2e} vs fp64 CPU",
+        {"cpu": cpu_ms, "cuda": gpu_ms},
     )
 
 
@@ -196,6 +199,7 @@ def cuda_roundtrip() -> Row:
             buf.free()
         for ev in (start, mid, end):
             ev.close()
+
     def gbps(ms: float) -> float:
         return nbytes / (ms / 1e3) / 1e9
 
@@ -235,7 +239,11 @@ def bundle_checks(path: Path) -> list[Row]:
     trt_why = _trt_available()
     ort_cuda_why = _ort_cuda_available()
     # A piece missing for every component is said once, not once per component.
-    rows = [_skip(f"all components: {c}", why) for c, why in (("torch_cuda", cuda_why), ("ort_cuda", ort_cuda_why), ("trt", trt_why)) if why]
+    rows = [
+        _skip(f"all components: {c}", why)
+        for c, why in (("torch_cuda", cuda_why), ("ort_cuda", ort_cuda_why), ("trt", trt_why))
+        if why
+    ]
     for name in bundle.manifest.components:
         try:
             rows += _component_rows(bundle, ref, name, torch_mod, not cuda_why, not ort_cuda_why, not trt_why)
@@ -270,7 +278,7 @@ def _component_rows(
 
 
 def _ort_cuda_available() -> str:
-    """"" when this onnxruntime has the CUDA execution provider, else why not."""
+    """ "" when this onnxruntime has the CUDA execution provider, else why not."""
     import onnxruntime
 
     from vitron_rt.engines.deps import ORT_GPU_HINT
@@ -326,7 +334,7 @@ def _torch_cuda_row(torch: Any, module: Any, spec: Any, feeds_t: dict, expected:
 
 
 def _trt_available() -> str:
-    """"" when TensorRT can build and run here, else the one-line reason."""
+    """ "" when TensorRT can build and run here, else the one-line reason."""
     from vitron_rt.engines.deps import require_polygraphy, require_trt_stack
     from vitron_rt.engines.errors import MissingDependencyError
 

@@ -17,12 +17,8 @@ from types import ModuleType
 
 from vitron_rt.engines.errors import MissingDependencyError
 
-GPU_EXTRA = (
-    "pip install 'vitron-rt[gpu]' (needs tensorrt, cuda-python, polygraphy) on a machine with an NVIDIA GPU"
-)
-ORT_GPU_HINT = (
-    "pip install onnxruntime-gpu in place of onnxruntime, on a machine with an NVIDIA GPU and CUDA 12"
-)
+GPU_EXTRA = "pip install 'vitron-rt[gpu]' (needs tensorrt, cuda-python, polygraphy) on a machine with an NVIDIA GPU"
+ORT_GPU_HINT = "pip install onnxruntime-gpu in place of onnxruntime, on a machine with an NVIDIA GPU and CUDA 12"
 # The oldest TensorRT whose Python API this package calls (named I/O tensors,
 # execute_async_v3, ExecutionContextAllocationStrategy).
 MIN_TENSORRT_MAJOR = 10
@@ -41,7 +37,9 @@ def require_tensorrt() -> ModuleType:
     except ImportError:
         raise MissingDependencyError(f"TensorRT is not installed: {GPU_EXTRA}") from None
     except OSError as e:  # the wheel is there, libnvinfer or libcudart is not
-        raise MissingDependencyError(f"TensorRT is installed but cannot load its libraries ({e}): {GPU_EXTRA}") from None
+        raise MissingDependencyError(
+            f"TensorRT is installed but cannot load its libraries ({e}): {GPU_EXTRA}"
+        ) from None
     version = getattr(trt, "__version__", "0")
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     if major < MIN_TENSORRT_MAJOR:

@@ -69,7 +69,9 @@ def runner_factory(
                 cache_dir=bundle.engines_dir / ORT_CACHE_DIR if cache else None,
             )
         if component is None:
-            raise EngineError(f"{Path(path).name}: not a component of {bundle.root}; TensorRT runs bundle components only")
+            raise EngineError(
+                f"{Path(path).name}: not a component of {bundle.root}; TensorRT runs bundle components only"
+            )
         return make_runner(bundle, component, engine, options)
 
     return factory

@@ -42,9 +42,7 @@ _SHA_CHARS = 16  # in file names: 64 bits tell files apart; the sidecar holds th
 def profiles_digest(profiles: Iterable[Profile]) -> str:
     """A short hash of a profile set: names and every dim's (min, opt, max), in order.
     Changing any range changes the engine, so it changes the key."""
-    canon = [
-        {"name": p.name, "dims": {d: [r.min, r.opt, r.max] for d, r in sorted(p.dims.items())}} for p in profiles
-    ]
+    canon = [{"name": p.name, "dims": {d: [r.min, r.opt, r.max] for d, r in sorted(p.dims.items())}} for p in profiles]
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -109,7 +107,9 @@ def sidecar_path(plan: str | os.PathLike) -> Path:
     return plan.with_name(plan.name + SIDECAR_SUFFIX)
 
 
-def write_engine(engines_dir: str | os.PathLike, key: EngineKey, plan: bytes | memoryview, extra: dict | None = None) -> Path:
+def write_engine(
+    engines_dir: str | os.PathLike, key: EngineKey, plan: bytes | memoryview, extra: dict | None = None
+) -> Path:
     """Write the plan, then its sidecar, each through a temporary file and a rename: a
     crash leaves either nothing or a plan without a sidecar, which `verify_engine` refuses."""
     folder = Path(engines_dir)

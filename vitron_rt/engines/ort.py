@@ -173,14 +173,18 @@ class OrtRunner(Runner):
             model, self.cache_hit = self._cached_model(ort, providers, provider_options)
         so = self._session_options(ort, level)
         try:
-            self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers, provider_options=provider_options)
+            self.session = ort.InferenceSession(
+                str(model), sess_options=so, providers=providers, provider_options=provider_options
+            )
         except Exception as e:
             if not self.cache_hit:
                 raise EngineError(f"{self.name}: onnxruntime cannot load {model.name}: {_first_line(e)}") from e
             # A damaged cache file (a disk filled mid-write, a hand edit): rebuild it once.
             model.unlink()
             model, self.cache_hit = self._cached_model(ort, providers, provider_options)
-            self.session = ort.InferenceSession(str(model), sess_options=so, providers=providers, provider_options=provider_options)
+            self.session = ort.InferenceSession(
+                str(model), sess_options=so, providers=providers, provider_options=provider_options
+            )
         self.model_path = model
         self._check_providers(providers)
 
@@ -284,7 +288,9 @@ class OrtRunner(Runner):
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", path.name + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
-            ort.InferenceSession(str(self.path), sess_options=so, providers=providers, provider_options=provider_options)
+            ort.InferenceSession(
+                str(self.path), sess_options=so, providers=providers, provider_options=provider_options
+            )
             os.replace(tmp, path)
         except Exception as e:
             raise EngineError(f"{self.name}: onnxruntime cannot optimize {self.path.name}: {_first_line(e)}") from e

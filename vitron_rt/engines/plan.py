@@ -168,6 +168,13 @@ class BufferPlan:
         return cls(name, tuple(tensors), offset)
 
 
+def unsized_outputs(entry: ComponentEntry) -> list[str]:
+    """Outputs with a dim no profile names (the graph computes it, e.g. a VAE's
+    `image_height` from `height`): their largest shape must come from the engine."""
+    dims = max_dims(entry)
+    return [t.name for t in entry.outputs if any(d not in dims for d in t.dynamic_axes.values())]
+
+
 def _max_shape(component: str, spec: TensorSpec, dims: Mapping[str, int], is_input: bool) -> Shape:
     unknown = [d for d in spec.dynamic_axes.values() if d not in dims]
     if unknown:

@@ -36,7 +36,14 @@ from vitron_rt.engines.base import AsyncRunner, resolve_dims
 from vitron_rt.engines.deps import compute_capability, require_trt_stack
 from vitron_rt.engines.errors import EngineError, StaleEngineError
 from vitron_rt.engines.keys import EngineKey, verify_engine
-from vitron_rt.engines.plan import BufferPlan, KvCachePlan, align, profile_index, shared_activation_bytes
+from vitron_rt.engines.plan import (
+    BufferPlan,
+    KvCachePlan,
+    align,
+    profile_index,
+    shared_activation_bytes,
+    unsized_outputs,
+)
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,13 @@ class TrtRunner(AsyncRunner):
         stream: cu.Stream | None = None,
     ):
         """`entry`: the manifest entry the plan was built from (I/O specs and profiles).
-        `key`: what the plan's sidecar must say (None: the key is derived at activation
-        from `entry`, `options.precision`, the installed TensorRT and the GPU). `memory`:
+        `name`: the component's name. `key`: what the plan's sidecar must say (None: the
+        key is derived at activation from `name`, `entry`, `options.precision`, the
+        installed TensorRT and the GPU). `memory`:
         share activation memory with other runners. `stream`: the stream `infer` uses
         (default: one of its own). Does no I/O and touches no GPU."""
+        if key is None and name is None:
+            raise EngineError(f"{Path(plan).name}: give the component's name= (or its key=) to find the plan's key")
         super().__init__(plan, entry=entry, name=name)
         self.entry: ComponentEntry = entry
         self.options = options or TrtOptions()
@@ -189,7 +199,10 @@ class TrtRunner(AsyncRunner):
             self.path, self.key = self._locate(trt, cudart)
         if self.key is None:
             self.key = EngineKey.for_component(
-                self.name, self.entry, self.options.precision, trt.__version__,
+                self.name,
+                self.entry,
+                self.options.precision,
+                trt.__version__,
                 compute_capability(self.options.device, cudart),
             )
         try:
@@ -247,9 +260,8 @@ class TrtRunner(AsyncRunner):
 
     def _infer_impl(self, feeds: dict[str, np.ndarray], dims: dict[str, int]) -> dict[str, np.ndarray]:
         assert self._device is not None and self._host is not None and self._stream is not None
-        if self._external:
+        if self._select_profile(dims) or self._external:
             self._bind_own_buffers()
-        self._select_profile(dims)
         for name, array in feeds.items():
             slot = self.buffers[name]
             self._set_input_shape(name, array.shape)
@@ -274,8 +286,8 @@ class TrtRunner(AsyncRunner):
         (see `output_array`). Binding is host-side work only: nothing is copied."""
         self._require_active("bind")
         dims = resolve_dims(self.input_specs, inputs, self.name)
-        self._bind_own_buffers()
         self._select_profile(dims)
+        self._bind_own_buffers()
         self._external = True
         for name, arr in inputs.items():
             self._set_input_shape(name, arr.shape)
@@ -322,13 +334,17 @@ class TrtRunner(AsyncRunner):
         if not self.context.set_input_shape(name, tuple(int(d) for d in shape)):
             raise EngineError(f"{self.name}: input {name!r} shape {list(shape)} is outside the engine's profile")
 
-    def _select_profile(self, dims: Mapping[str, int]) -> None:
+    def _select_profile(self, dims: Mapping[str, int]) -> bool:
+        """Switch to the profile covering `dims`; True when it switched (input shapes and,
+        to be safe across TensorRT versions, tensor addresses are then set again)."""
         index = profile_index(self.entry, dims, self.name)
-        if index != self._profile:
-            assert self._stream is not None
-            if not self.context.set_optimization_profile_async(index, self._stream.handle):
-                raise EngineError(f"{self.name}: cannot select optimization profile {index}")
-            self._profile = index
+        if index == self._profile:
+            return False
+        assert self._stream is not None
+        if not self.context.set_optimization_profile_async(index, self._stream.handle):
+            raise EngineError(f"{self.name}: cannot select optimization profile {index}")
+        self._profile = index
+        return True
 
     def _output_shape(self, name: str) -> tuple[int, ...]:
         shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -337,8 +353,13 @@ class TrtRunner(AsyncRunner):
         return shape
 
     def _engine_output_maxima(self) -> dict[str, tuple[int, ...]]:
-        """Each output's largest shape over the profiles, as TensorRT computes it with every
-        input at its profile max: the one source for output dims no profile names."""
+        """The largest shape of each output that no profile sizes (`plan.unsized_outputs`),
+        as TensorRT computes it with the inputs at each profile's maxima. Only those: the
+        maxima of independent dims (an LLM's sequence and past) need not be a shape the
+        graph accepts together, while a VAE's image size follows its latent size."""
+        unsized = unsized_outputs(self.entry)
+        if not unsized:
+            return {}
         assert self._stream is not None
         out: dict[str, tuple[int, ...]] = {}
         for index, prof in enumerate(self.entry.profiles or [None]):
@@ -348,10 +369,10 @@ class TrtRunner(AsyncRunner):
                 dims = {n: r.max for n, r in prof.dims.items()}
                 for spec in self.entry.inputs:
                     self._set_input_shape(spec.name, spec.concrete(dims))
-            for spec in self.entry.outputs:
-                shape = self._output_shape(spec.name)
-                prev = out.get(spec.name, shape)
-                out[spec.name] = tuple(max(a, b) for a, b in zip(prev, shape))
+            for name in unsized:
+                shape = self._output_shape(name)
+                prev = out.get(name, shape)
+                out[name] = tuple(max(a, b) for a, b in zip(prev, shape))
         self._profile = len(self.entry.profiles) - 1 if self.entry.profiles else 0
         return out
 
@@ -386,4 +407,3 @@ class DeviceKvCache:
 
     def free(self) -> None:
         self._block.free()
-

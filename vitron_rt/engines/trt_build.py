@@ -15,10 +15,11 @@ bundle's `engines/` with its full key in the file name and a JSON sidecar (`keys
 plan whose key matches is reused, anything else is rebuilt.
 
 Precision. fp32: the manifest's default, and strictly fp32 (Polygraphy clears TensorRT's
-default TF32 flag), so fp32 engines meet the same tolerances as ONNX Runtime. fp16: TensorRT may pick fp16 kernels where it is
-faster. int8: int8 and fp16 enabled; with no calibrator, int8 kernels are only used where
-the ONNX graph carries Q/DQ nodes (explicit quantization, TensorRT 10's supported route),
-so an unquantized export builds as fp16.
+default TF32 flag), so fp32 engines meet the same tolerances as ONNX Runtime. fp16:
+TensorRT may pick fp16 kernels where they are faster. int8: int8 and fp16 enabled; with
+no calibrator, int8 kernels are only used where the ONNX graph carries Q/DQ nodes
+(explicit quantization, TensorRT 10's supported route), so an unquantized export builds
+as fp16.
 
 A builder is a stage object: constructing it reads nothing and needs no GPU; calling it
 checks for TensorRT, Polygraphy, cuda-python and a GPU (one line naming what is missing).

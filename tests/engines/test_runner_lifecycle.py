@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _bundles import tiny_fixture  # noqa: F401  (fixtures)
 
 from vitron_rt.bundle import ComponentEntry, FileRef, TensorSpec
 from vitron_rt.engines import (
     EngineError,
     InputError,
     NotActiveError,
+    OrtOptions,
     OrtRunner,
     Runner,
     make_runner,
@@ -121,7 +123,10 @@ def test_file_whose_tensors_differ_from_the_manifest_is_refused():
         (lambda f: f.update(mask=f["mask"].astype(np.int32)), "input 'mask' is int32, expected int64"),
         (lambda f: f.update(x=f["x"][0]), r"input 'x' has rank 2 \[3, 4\], expected rank 3"),
         (lambda f: f.update(x=np.ones((2, 3, 5), np.float32)), "input 'x' axis 2 is 5, expected 4"),
-        (lambda f: f.update(mask=np.ones((2, 4), np.int64)), r"input 'mask' axis 1 \('seq'\) is 4, but 'x' gives 'seq' = 3"),
+        (
+            lambda f: f.update(mask=np.ones((2, 4), np.int64)),
+            r"input 'mask' axis 1 \('seq'\) is 4, but 'x' gives 'seq' = 3",
+        ),
         (lambda f: f.update(x=[[1.0]]), "input 'x' is a list, expected a numpy array"),
     ],
 )
@@ -146,7 +151,7 @@ def test_an_abstract_hook_left_out_cannot_be_instantiated():
 
 
 def test_ort_runner_lifecycle_on_a_bundle_component(tiny):
-    runner = make_runner(tiny, "mm_projector")
+    runner = make_runner(tiny, "mm_projector", options=OrtOptions(cache_optimized=False))
     assert runner.session is None  # constructing it created nothing
     x = np.random.default_rng(0).standard_normal((2, 5, 32), dtype=np.float32)
     with runner:

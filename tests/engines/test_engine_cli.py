@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _bundles import bundle_copy_fixture, tiny_fixture  # noqa: F401  (fixtures)
 
 from vitron_rt import cli
 from vitron_rt.engines import OrtRunner
@@ -34,15 +35,18 @@ def test_check_with_ort_runs_through_the_engine_runner(tiny, monkeypatch, capsys
         original(self)
 
     monkeypatch.setattr(OrtRunner, "_activate_impl", spy)
+    before = sorted(tiny.root.rglob("*"))
     assert cli.main(["check", str(tiny.root), "--engine", "ort"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().splitlines()[-1].startswith("all ") and "checks passed" in out
     # Every component ran on an OrtRunner built from its manifest entry.
     assert {name for name, with_entry in activated if with_entry} == set(tiny.manifest.components)
-    assert not (tiny.engines_dir / "ort").exists()  # check writes nothing into the bundle
+    assert sorted(tiny.root.rglob("*")) == before  # check writes nothing into the bundle
 
 
-@pytest.mark.parametrize("argv", [["build", "--engine", "trt"], ["build", "--engine", "trt", "--fp16"], ["check", "--engine", "trt"]])
+@pytest.mark.parametrize(
+    "argv", [["build", "--engine", "trt"], ["build", "--engine", "trt", "--fp16"], ["check", "--engine", "trt"]]
+)
 def test_trt_without_tensorrt_is_one_line_exit_2(tiny, monkeypatch, capsys, argv):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert cli.main([argv[0], str(tiny.root), *argv[1:]]) == 2
@@ -95,7 +99,11 @@ def test_gpu_check_runs_and_says_what_it_skipped():
     out = proc.stdout
     assert "torch_matmul" in out and "cuda_roundtrip" in out and "failed" in out.splitlines()[-1]
     if not gpu_stack_here():
-        rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["torch_matmul"], ["cuda_roundtrip"])}
+        rows = {
+            line.split()[0]: line
+            for line in out.splitlines()
+            if line.split()[:1] in (["torch_matmul"], ["cuda_roundtrip"])
+        }
         assert "skipped" in rows["cuda_roundtrip"] and "skipped" in rows["torch_matmul"]
         assert "no GPU" in rows["torch_matmul"] or "not installed" in rows["torch_matmul"]
         assert any(s in rows["cuda_roundtrip"] for s in ("no usable CUDA GPU", "cuda-python is not installed"))

@@ -10,9 +10,9 @@ import types
 
 import numpy as np
 import pytest
+from _bundles import tiny_fixture  # noqa: F401  (fixtures)
 
-from vitron_rt.engines import MissingDependencyError, NotActiveError, make_runner
-from vitron_rt.engines import deps
+from vitron_rt.engines import MissingDependencyError, NotActiveError, OrtOptions, deps, make_runner
 from vitron_rt.engines.deps import GPU_EXTRA
 
 TRT_MISSING = f"TensorRT is not installed: {GPU_EXTRA}"
@@ -56,7 +56,8 @@ def test_import_pulls_in_no_gpu_package():
     ]
     code = (
         f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda', 'polygraphy', 'torch', 'cupy')))"
+        "heavy = ('tensorrt', 'cuda', 'polygraphy', 'torch', 'cupy'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
@@ -72,7 +73,9 @@ def test_tensorrt_missing(no_tensorrt):
 
 def test_tensorrt_too_old(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
-    with pytest.raises(MissingDependencyError, match=r"TensorRT 8\.6\.1 is installed; vitron-rt needs TensorRT 10\.x or newer"):
+    with pytest.raises(
+        MissingDependencyError, match=r"TensorRT 8\.6\.1 is installed; vitron-rt needs TensorRT 10\.x or newer"
+    ):
         deps.require_tensorrt()
 
 
@@ -138,6 +141,6 @@ def test_trt_runner_and_builder_fail_in_one_line_and_stay_inactive(tiny, no_tens
 def test_ort_runner_keeps_working_without_the_gpu_stack(tiny, no_tensorrt, monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
     monkeypatch.setitem(sys.modules, "polygraphy.backend.trt", None)
-    with make_runner(tiny, "embed_tokens") as r:
+    with make_runner(tiny, "embed_tokens", options=OrtOptions(cache_optimized=False)) as r:
         out = r.infer({"input_ids": np.array([[1, 2, 3]], np.int64)})
     assert out["inputs_embeds"].shape == (1, 3, 64)

@@ -4,7 +4,7 @@ computed from manifests with known numbers (plain Python: no TensorRT, no GPU)."
 from __future__ import annotations
 
 import pytest
-from _engine_manifests import DECODE, LLM, PREFILL, llm_decoder, vae_decoder
+from _engine_manifests import DECODE, LLM, llm_decoder, vae_decoder
 
 from vitron_rt.bundle import BundleError
 from vitron_rt.engines.plan import (
@@ -16,6 +16,7 @@ from vitron_rt.engines.plan import (
     max_dims,
     profile_index,
     shared_activation_bytes,
+    unsized_outputs,
 )
 from vitron_rt.engines.trt_build import profile_table
 
@@ -38,9 +39,7 @@ def test_llm_prefill_and_decode_profiles_become_input_shapes():
 
 def test_static_inputs_need_no_range():
     entry = vae_decoder()
-    assert profile_table(entry) == [
-        ("default", {"latents": ShapeRange((1, 4, 1, 1), (1, 4, 16, 16), (4, 4, 32, 32))})
-    ]
+    assert profile_table(entry) == [("default", {"latents": ShapeRange((1, 4, 1, 1), (1, 4, 16, 16), (4, 4, 32, 32))})]
 
 
 def test_polygraphy_profiles_carry_the_same_shapes():
@@ -88,6 +87,7 @@ def test_buffer_plan_pads_each_tensor_to_256_bytes():
 
 
 def test_output_dims_no_profile_names_come_from_the_engine():
+    assert unsized_outputs(vae_decoder()) == ["images"] and unsized_outputs(llm_decoder()) == []
     with pytest.raises(BundleError, match="output 'images' dim 'image_height' is in no profile; the engine must give"):
         BufferPlan.for_component("vae_decoder", vae_decoder())
     plan = BufferPlan.for_component("vae_decoder", vae_decoder(), output_shapes={"images": (4, 3, 64, 64)})

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import onnxruntime as ort
 import pytest
+from _bundles import bundle_copy_fixture, tiny_fixture  # noqa: F401  (fixtures)
 
 from vitron_rt.engines import (
     EngineError,
@@ -48,7 +49,9 @@ def test_equals_plain_onnxruntime(tiny, level):
     llm = tiny.manifest.llm
     feeds = decoder_feeds(llm, batch=2)
     want = plain(tiny.component_path(llm.component), feeds)
-    with OrtRunner(tiny.component_path(llm.component), entry=tiny.component(llm.component), options=OrtOptions(optimization=level)) as r:
+    with OrtRunner(
+        tiny.component_path(llm.component), entry=tiny.component(llm.component), options=OrtOptions(optimization=level)
+    ) as r:
         got = r.infer(feeds)
     assert list(got) == list(want)
     for name in want:
@@ -140,7 +143,11 @@ def test_decode_loop_over_preallocated_kv_buffers_matches_plain_decoding(tiny):
     llm = tiny.manifest.llm
     plan = KvCachePlan.from_manifest(llm, tiny.component(llm.component), batch=1, max_context=32)
     prompt, steps = [5, 17, 42, 7], 8
-    with make_runner(tiny, llm.embed_component) as embed, make_runner(tiny, llm.component) as dec:
+    no_cache = OrtOptions(cache_optimized=False)  # the shared bundle stays read-only
+    with (
+        make_runner(tiny, llm.embed_component, options=no_cache) as embed,
+        make_runner(tiny, llm.component, options=no_cache) as dec,
+    ):
 
         def embeds(ids):
             return embed.infer({llm.input_ids: np.asarray([ids], np.int64)})[llm.inputs_embeds]

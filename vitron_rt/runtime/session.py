@@ -1,0 +1,643 @@
+"""A session over one bundle, and conversations that keep their KV cache across turns.
+
+    session = Session("bundle/", engine="ort", threads=2)       # loads and activates the LLM once
+    result = session.run("Segment the dog", image="dog.jpg", task="segment", out_dir="out/")
+    chat = session.conversation()
+    chat.run("What is in the picture?", image="dog.jpg")        # pre-fills system + question + image
+    chat.run("And its colour?")                                  # pre-fills only the new turn
+
+One request, stage by stage (each timed in `RunResult.timings_ms`):
+
+    media ─► preprocess ─► vision_encoder ─► projector (─► region_encoder)       prefill.MediaEncoder
+    chat template ─► ids ─► embed + splice ─► prefill ─► decode (streamed)       generate.Generator
+    text ─► hybrid message (messages.parse, or the forced task)
+         ─► signal hidden states (emitted, or appended: one look-ahead step) ─► signal_projector
+         ─► the pipeline registered for the module (tasks.register_pipeline) ─► outputs
+
+Conversations: the cache holds the rendered history's positions. A new turn renders the
+whole history with the chat template; when the rendering starts with the text the cache
+covers, only the rest is pre-filled. Some templates re-render earlier turns (or the model
+wrote its reply differently from how the template writes it back, e.g. without the space
+after "ASSISTANT:"); then the cache is cut back to the last turn boundary the rendering
+still agrees with, at worst to nothing, and the reason is given in `RunResult.debug`.
+Image and region embeddings of earlier turns are kept, so a re-prefill does not run the
+encoders again.
+
+Not thread-safe: one session serves one request at a time (the runners' sessions and the
+conversation caches are not shared-state safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitron_rt.bundle import BundleError, load_bundle
+from vitron_rt.engines import ENGINES, EngineError, OrtOptions, Runner, make_runner
+from vitron_rt.runtime.errors import MediaError, MessageError, RegionError, VitronInputError
+from vitron_rt.runtime.generate import GenerationResult, Generator, Usage
+from vitron_rt.runtime.kv_cache import KvCache
+from vitron_rt.runtime.messages import HybridMessage, parse, signal_token_ids
+from vitron_rt.runtime.prefill import (
+    EncodedImage,
+    EncodedRegion,
+    MediaEncoder,
+    VideoClip,
+    signal_hidden,
+    splice,
+    timed,
+    with_image_tokens,
+    with_region_token,
+)
+from vitron_rt.runtime.region import Box
+from vitron_rt.runtime.sampling import SamplingParams
+from vitron_rt.runtime.tasks import TaskOutput, TaskRequest, get_pipeline, resolve_task
+from vitron_rt.runtime.tokenizer import Tokenizer
+
+# Stands in for a reply when the template is asked where it writes one.
+_REPLY_SENTINEL = "\x00vitron-rt-reply\x00"
+
+
+@dataclass
+class RunResult:
+    """One request's answer. `to_dict()` is `vitron-rt run --json`'s object."""
+
+    text: str  # the streamed reply (special tokens skipped)
+    message: HybridMessage | None  # the back-end call, signal attached when a projector ran
+    outputs: list[TaskOutput]
+    usage: Usage
+    timings_ms: dict[str, float]  # per stage; prefill and decode always present
+    finish_reason: str
+    notes: list[str] = field(default_factory=list)  # what did not happen, and why
+    # How the prompt was pre-filled (positions reused / computed, re-prefill reason),
+    # encoder cache hits, where the signal states came from.
+    debug: dict[str, Any] = field(default_factory=dict)
+    conditioning: np.ndarray | None = None  # (1, K, C) the signal projector's output
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "message": None if self.message is None else self.message.to_dict(),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "usage": self.usage.to_dict(),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "finish_reason": self.finish_reason,
+            "notes": list(self.notes),
+        }
+
+
+class Session:
+    """One bundle, its tokenizer and its runners. The LLM's runners are activated here;
+    the others on first use; all stay resident until `close()`.
+
+    `engine`: "ort" (ONNX Runtime, CPU by default) or "trt". `threads`: ONNX Runtime's
+    intra-op threads per runner (None: one per core). `context_limit`: cap the context
+    below the model's (bounds the KV cache). `options`: the engine's options object
+    (`OrtOptions` / `TrtOptions`), overriding `threads`. `verify`: hash every bundle file
+    on load (sizes are always checked).
+    """
+
+    def __init__(
+        self,
+        bundle_path: str | os.PathLike,
+        engine: str = "ort",
+        threads: int | None = None,
+        *,
+        context_limit: int | None = None,
+        options: Any = None,
+        verify: bool = True,
+        io_binding: bool = True,
+    ):
+        if engine not in ENGINES:
+            raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"threads must be a whole number >= 0, got {threads!r}")
+        self.bundle = load_bundle(bundle_path, verify=verify)
+        manifest = self.bundle.manifest
+        if manifest.llm is None or manifest.tokenizer is None:
+            raise BundleError(f"{self.bundle.root}: the bundle has no LLM and tokenizer; it cannot answer prompts")
+        self.manifest = manifest
+        self.engine = engine
+        if options is None and engine == "ort":
+            options = OrtOptions(intra_op_threads=threads or 0)
+        self.options = options
+        self.tokenizer = Tokenizer.from_bundle(self.bundle)
+        info = manifest.tokenizer
+        self.image_token, self.region_token = info.image_token, info.region_token
+        self.image_id = self.tokenizer.token_id(info.image_token)
+        self.region_id = self.tokenizer.token_id(info.region_token)
+        self.signal_ids: tuple[int, ...] = signal_token_ids(info) if info.signal_tokens else ()
+        self._runners: dict[str, Runner] = {}
+        try:
+            self.generator = Generator(
+                manifest.llm,
+                self.tokenizer,
+                self.runner(manifest.llm.embed_component),
+                self.runner(manifest.llm.component),
+                context_limit=context_limit,
+                io_binding=io_binding,
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.media = MediaEncoder(manifest, self.runner)
+
+    # -- runners
+
+    def runner(self, component: str) -> Runner:
+        """The component's active runner, activated on first use and kept."""
+        runner = self._runners.get(component)
+        if runner is None:
+            runner = make_runner(self.bundle, component, self.engine, self.options)
+            runner.activate()
+            self._runners[component] = runner
+        return runner
+
+    def close(self) -> None:
+        """Deactivate every runner (the session cannot be used afterwards)."""
+        for runner in self._runners.values():
+            runner.deactivate()
+        self._runners.clear()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests
+
+    def conversation(self, system: str | None = None) -> "Conversation":
+        """A new conversation, with an optional system message."""
+        return Conversation(self, system=system)
+
+    def run(
+        self,
+        prompt: str,
+        image: str | os.PathLike | np.ndarray | None = None,
+        video: str | os.PathLike | None = None,
+        region: Sequence[float] | str | np.ndarray | None = None,
+        task: str = "auto",
+        sampling: SamplingParams | None = None,
+        out_dir: str | os.PathLike | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """One request in a fresh conversation (see `Conversation.run`)."""
+        return self.conversation().run(
+            prompt, image=image, video=video, region=region, task=task, sampling=sampling, out_dir=out_dir, on_text=on_text
+        )
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A turn boundary the cache can be cut back to: the rendered text up to it, the
+    positions cached for that text, the ids counted so far, and the ids of that text not
+    yet in the cache (a reply's last token, chosen but never fed)."""
+
+    text_end: int
+    positions: int
+    n_ids: int
+    pending: tuple[int, ...] = ()
+
+
+@dataclass
+class _Turn:
+    """A generation and the prompt it answered, as the conversation recorded them."""
+
+    result: GenerationResult
+    user_text: str
+    prefill_ms: float  # embedding + splice + the prefill step + the first token
+    debug: dict[str, Any]
+
+
+class Conversation:
+    """A chat over one session: the message history, the KV cache covering it, and the
+    image and region embeddings its placeholders stand for."""
+
+    def __init__(self, session: Session, system: str | None = None):
+        self.session = session
+        self.messages: list[dict[str, str]] = []
+        if system is not None:
+            self.messages.append({"role": "system", "content": system})
+        self._cache: KvCache | None = None
+        self._text = ""  # the rendered history the cache (plus pending ids) covers
+        self._ids: list[int] = []  # those ids, for the repetition penalty
+        self._marks: list[_Mark] = [_Mark(0, 0, 0)]
+        # Embeddings per placeholder occurrence in `_text`, in order: (text offset, rows).
+        self._images: list[tuple[int, np.ndarray]] = []
+        self._regions: list[tuple[int, np.ndarray]] = []
+
+    @property
+    def cache(self) -> KvCache:
+        if self._cache is None:
+            self._cache = self.session.generator.new_cache()
+        return self._cache
+
+    def reset(self) -> None:
+        """Forget the history (the system message stays) and the cache."""
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        if self._cache is not None:
+            self._cache.reset()
+        self._text, self._ids, self._marks = "", [], [_Mark(0, 0, 0)]
+        self._images, self._regions = [], []
+
+    # -- one request
+
+    def run(
+        self,
+        prompt: str,
+        image: str | os.PathLike | np.ndarray | None = None,
+        video: str | os.PathLike | None = None,
+        region: Sequence[float] | str | np.ndarray | None = None,
+        task: str = "auto",
+        sampling: SamplingParams | None = None,
+        out_dir: str | os.PathLike | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Answer one user turn and, when the answer (or `task`) calls a back end, run it.
+
+        `image`: a path or an (H, W, 3) uint8 RGB array; `video`: a path (not both).
+        `region`: a normalised box (x1, y1, x2, y2), its text, or a sketch mask (H, W[, C]).
+        `task`: "auto" (the model's message decides), a verb (understand, segment,
+        generate, edit: image or video module by the input), or a module name; forcing a
+        module runs its back end even when the model emits no message: the instruction
+        is then the user's prompt and the signal tokens are appended. `out_dir`: where
+        the pipeline writes (checked first; a new temporary folder when None and a
+        pipeline runs). `on_text`: called with each text delta as it is generated.
+
+        Bad input raises a `VitronInputError` (one line) before any output is written.
+        """
+        start = time.perf_counter()
+        if not isinstance(prompt, str):
+            raise MessageError(f"the prompt must be text, got {type(prompt).__name__}")
+        if image is not None and video is not None:
+            raise VitronInputError("give an image or a video, not both")
+        forced = resolve_task(task, video=video is not None)
+        sampling = sampling or SamplingParams()
+        out_path, created = _prepare_out_dir(out_dir) if out_dir is not None else (None, False)
+        try:
+            return self._run(prompt, image, video, region, forced, sampling, out_path, on_text, start)
+        except BaseException:
+            if created:
+                _remove_if_empty(out_path)
+            raise
+
+    def _run(
+        self,
+        prompt: str,
+        image: str | os.PathLike | np.ndarray | None,
+        video: str | os.PathLike | None,
+        region: Sequence[float] | str | np.ndarray | None,
+        forced: str | None,
+        sampling: SamplingParams,
+        out_path: Path | None,
+        on_text: Callable[[str], None] | None,
+        start: float,
+    ) -> RunResult:
+        s = self.session
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        hits, misses = s.media.hits, s.media.misses
+
+        # ---- media through the front end
+        pixels: np.ndarray | None = None
+        clip: VideoClip | None = None
+        encoded: list[EncodedImage] = []
+        if image is not None:
+            pixels = s.media.read_image(image)
+            encoded = s.media.encode_images([pixels], timings)
+        elif video is not None:
+            clip = s.media.read_video(video)
+            encoded = s.media.encode_images(list(clip.frames), timings)
+        enc_region: EncodedRegion | None = None
+        sketch: np.ndarray | None = None
+        if region is not None:
+            if not encoded:
+                raise RegionError("a region points into an image: give an image or a video with it")
+            if isinstance(region, np.ndarray) and region.ndim >= 2:
+                sketch = region
+            enc_region = s.media.encode_region(encoded[0], region, timings)  # a video's region is on its first frame
+
+        user_text = prompt
+        if encoded:
+            user_text = with_image_tokens(user_text, len(encoded), s.image_token)
+        if enc_region is not None:
+            user_text = with_region_token(user_text, s.region_token)
+
+        # ---- the LLM
+        turn = self._turn(
+            user_text,
+            [e.embeds for e in encoded],
+            [] if enc_region is None else [enc_region.embed],
+            sampling,
+            on_text,
+        )
+        result = turn.result
+        timings["prefill"] = turn.prefill_ms
+        timings["decode"] = result.timings_ms["decode"]
+        debug = dict(turn.debug)
+        debug["encoder_cache"] = {"hits": s.media.hits - hits, "misses": s.media.misses - misses}
+
+        # ---- the hybrid message
+        parsed = parse(result.text)
+        if parsed.error is not None:
+            notes.append(parsed.error)
+        message = parsed.message
+        user_box: Box | None = None if enc_region is None else enc_region.region.box
+        module = forced if forced is not None else (message.module if message is not None else None)
+        if forced == "understand":
+            message = None
+        elif forced is not None:
+            if message is not None:
+                message = dataclasses.replace(message, module=forced)
+            else:
+                instruction = _strip_placeholders(prompt, (s.image_token, s.region_token))
+                message = HybridMessage(module=forced, instructions=(instruction,), region=user_box, text=parsed.text)
+
+        outputs: list[TaskOutput] = []
+        conditioning = None
+        if message is not None and module is not None and module != "understand":
+            conditioning, message = self._signal(module, message, result, timings, notes, debug)
+            if conditioning is not None:
+                outputs = self._dispatch(
+                    module, message, conditioning, out_path, pixels, video, clip, user_box, sketch, sampling, timings, notes
+                )
+        timings["total"] = (time.perf_counter() - start) * 1e3
+        return RunResult(
+            text=result.text,
+            message=message,
+            outputs=outputs,
+            usage=result.usage,
+            timings_ms=timings,
+            finish_reason=result.finish_reason,
+            notes=notes,
+            debug=debug,
+            conditioning=conditioning,
+        )
+
+    # -- the LLM turn
+
+    def _turn(
+        self,
+        user_text: str,
+        images: list[np.ndarray],
+        regions: list[np.ndarray],
+        sampling: SamplingParams,
+        on_text: Callable[[str], None] | None,
+    ) -> _Turn:
+        s = self.session
+        tok, gen = s.tokenizer, s.generator
+        messages = [*self.messages, {"role": "user", "content": user_text}]
+        new_text = tok.render_chat(messages, add_generation_prompt=True)
+        mark, reprefill, reason = self._reuse_point(new_text)
+        suffix = new_text[mark.text_end :]
+        first = mark.text_end == 0
+        ids = [*mark.pending, *tok.encode(suffix, add_special_tokens=first and not tok.has_chat_template)]
+
+        # Placeholders in the suffix: earlier turns' (a re-prefill) first, then this turn's.
+        suffix_images = [rows for off, rows in self._images if off >= mark.text_end] + images
+        suffix_regions = [rows for off, rows in self._regions if off >= mark.text_end] + regions
+        t0 = time.perf_counter()
+        token_embeds = gen.embedder.embed(ids)  # (1, T, D)
+        embeds = splice(token_embeds, ids, {s.image_id: suffix_images, s.region_id: suffix_regions})  # (1, T', D)
+        splice_ms = (time.perf_counter() - t0) * 1e3
+
+        cache = self.cache
+        gen.check_fits(mark.positions, embeds.shape[1])  # before anything changes
+        if cache.length > mark.positions:
+            cache.truncate(mark.positions)
+        generation = gen.stream(
+            ids,
+            sampling,
+            embeds=embeds,
+            cache=cache,
+            seen_ids=self._ids[: mark.n_ids],
+            record_hidden=s.signal_ids,
+        )
+        try:
+            for delta in generation:
+                if on_text is not None:
+                    on_text(delta)
+        except BaseException:
+            self._forget()  # the cache is mid-turn: the next turn starts over
+            raise
+        result = generation.result
+
+        # ---- record the turn: history, text covered, marks, placeholder embeddings
+        prompt_positions = mark.positions + embeds.shape[1]
+        n_ids = mark.n_ids + len(ids)
+        marks = [m for m in self._marks if m.text_end <= mark.text_end]
+        marks.append(_Mark(len(new_text), prompt_positions, n_ids))
+        tokens = result.token_ids
+        ended_eos = tokens[-1] in gen.eos_ids
+        reply_ids = tokens[:-1] if ended_eos else tokens  # a final EOS is the template's to write
+        pending = () if ended_eos else (tokens[-1],)
+        reply_text = tok.decode(reply_ids, skip_special_tokens=False)
+        content = self._reply_content(messages, new_text, reply_text, result)
+        marks.append(_Mark(len(new_text) + len(reply_text), cache.length, n_ids + len(reply_ids), pending))
+        self._images = _placeholders(new_text, s.image_token, [r for o, r in self._images if o < mark.text_end] + suffix_images)
+        self._regions = _placeholders(
+            new_text, s.region_token, [r for o, r in self._regions if o < mark.text_end] + suffix_regions
+        )
+        self._marks = marks
+        self._text = new_text + reply_text
+        self._ids = [*self._ids[: mark.n_ids], *ids, *reply_ids]
+        self.messages = [*messages, {"role": "assistant", "content": content}]
+        debug = {
+            "prefill_positions": embeds.shape[1],
+            "reused_positions": mark.positions,
+            "reprefill": reprefill,
+            "reprefill_reason": reason,
+        }
+        return _Turn(result=result, user_text=user_text, prefill_ms=splice_ms + result.timings_ms["prefill"], debug=debug)
+
+    def _reuse_point(self, new_text: str) -> tuple[_Mark, str | None, str | None]:
+        """The last mark whose text the new rendering still starts with; how much was
+        given up ("reply": the last reply is pre-filled again; "full": everything) and why."""
+        common = _common_prefix(self._text, new_text)
+        mark = max((m for m in self._marks if m.text_end <= common), key=lambda m: m.text_end)
+        last = self._marks[-1]
+        if mark is last:
+            return mark, None, None
+        at = repr(self._text[common : common + 24])
+        kind = "full" if mark.text_end == 0 else "reply"
+        why = (
+            f"the chat template renders the history differently from what the cache holds, from character "
+            f"{common} ({at}); pre-filling again from position {mark.positions}"
+        )
+        return mark, kind, why
+
+    def _reply_content(self, messages: list[dict], new_text: str, reply_text: str, result: GenerationResult) -> str:
+        """The assistant message to keep: the reply as the template will write it back.
+
+        The template may put text between its generation prompt and the reply (Vicuna:
+        "ASSISTANT:" then " " then the reply); a reply that starts with that text is
+        stored without it, so the next rendering reproduces what the model saw. A reply
+        cut by a stop string is stored as shown."""
+        s = self.session
+        if result.finish_reason == "stop":
+            return result.text.strip()
+        # A placeholder the model wrote has no embeddings to stand for: keep it out.
+        reply = reply_text.replace(s.image_token, "").replace(s.region_token, "")
+        try:
+            probe = s.tokenizer.render_chat(
+                [*messages, {"role": "assistant", "content": _REPLY_SENTINEL}], add_generation_prompt=False
+            )
+        except MessageError:  # a template with rules of its own; the next turn re-prefills
+            return reply.strip()
+        at = probe.find(_REPLY_SENTINEL)
+        if at >= 0 and probe[:at].startswith(new_text):
+            gap = probe[len(new_text) : at]
+            if reply.startswith(gap):
+                return reply[len(gap) :]
+        return reply.strip()
+
+    def _forget(self) -> None:
+        """Drop the cache state after an interrupted turn (the history is kept)."""
+        if self._cache is not None:
+            self._cache.reset()
+        self._text, self._ids, self._marks = "", [], [_Mark(0, 0, 0)]
+
+    # -- signal and back end
+
+    def _signal(
+        self,
+        module: str,
+        message: HybridMessage,
+        result: GenerationResult,
+        timings: dict[str, float],
+        notes: list[str],
+        debug: dict[str, Any],
+    ) -> tuple[np.ndarray | None, HybridMessage]:
+        """The signal embeddings' projection for `module`, and the message with the signal
+        hidden states attached; None when the bundle cannot condition that back end."""
+        s = self.session
+        signal = s.manifest.signal
+        projector = None if signal is None else signal.projectors.get(module)
+        if projector is None or not s.signal_ids:
+            notes.append(f"this bundle has no signal projector for {module}; no back end ran")
+            return None, message
+        with timed(timings, "signal_prefill"):
+            sig = signal_hidden(s.generator, self.cache, result, s.signal_ids)  # (K, D)
+        debug["signal_source"] = sig.source
+        runner = s.runner(projector)
+        with timed(timings, "signal_projector"):
+            out = runner.infer({runner.input_specs[0].name: sig.hidden[None]})  # (1, K, D)
+        conditioning = out[runner.output_specs[0].name]  # (1, K, C)
+        return conditioning, message.with_signal(sig.hidden)
+
+    def _dispatch(
+        self,
+        module: str,
+        message: HybridMessage,
+        conditioning: np.ndarray,
+        out_path: Path | None,
+        pixels: np.ndarray | None,
+        video: str | os.PathLike | None,
+        clip: VideoClip | None,
+        user_box: Box | None,
+        sketch: np.ndarray | None,
+        sampling: SamplingParams,
+        timings: dict[str, float],
+        notes: list[str],
+    ) -> list[TaskOutput]:
+        """Run the pipeline registered for `module`; none registered: a note, no outputs."""
+        pipeline = get_pipeline(module)
+        if pipeline is None:
+            notes.append(f"no pipeline is registered for {module}; no outputs")
+            return []
+        created = out_path is None
+        if out_path is None:
+            out_path = Path(tempfile.mkdtemp(prefix="vitron-rt-"))
+            notes.append(f"outputs written to a new temporary folder {out_path} (no out_dir given)")
+        request = TaskRequest(
+            module=module,
+            message=message,
+            conditioning=conditioning,
+            out_dir=out_path,
+            bundle=self.session.bundle,
+            runner=self.session.runner,
+            image=pixels,
+            video=None if video is None else Path(video),
+            frames=None if clip is None else clip.frames,
+            frame_indices=None if clip is None else clip.indices,
+            region=message.region if message.region is not None else user_box,
+            sketch=sketch,
+            seed=sampling.seed,
+        )
+        try:
+            outputs = list(pipeline(request))
+        except BaseException:
+            if created:
+                _remove_if_empty(out_path)
+            raise
+        finally:
+            timings.update(request.timings_ms)
+            notes.extend(request.notes)
+        return outputs
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _placeholders(text: str, token: str, rows: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+    """Pair each occurrence of `token` in `text` with its embeddings, in order."""
+    offsets = [m.start() for m in re.finditer(re.escape(token), text)]
+    if len(offsets) != len(rows):
+        raise MessageError(f"the conversation has {len(offsets)} {token} placeholder(s) for {len(rows)} input(s)")
+    return list(zip(offsets, rows))
+
+
+def _strip_placeholders(text: str, tokens: Sequence[str]) -> str:
+    for t in tokens:
+        text = text.replace(t, " ")
+    return " ".join(text.split())
+
+
+def _prepare_out_dir(out_dir: str | os.PathLike) -> tuple[Path, bool]:
+    """Create the output folder if needed and prove it writable, before any work is done.
+    Returns the folder and whether it was created here."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise MediaError(f"{path}: the output folder is a file")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vitron-rt-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if created:
+            _remove_if_empty(path)
+        raise MediaError(f"{path}: the output folder is not writable ({e.strerror or e})") from None
+    return path, created
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
