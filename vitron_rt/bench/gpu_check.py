@@ -120,6 +120,7 @@ def environment() -> list[str]:
 
 
 def torch_matmul() -> Row:
+    """A 2048^2 fp32 matmul on CUDA against the fp64 CPU product, and both timings."""
     torch, why = _torch_cuda()
     if why:
         return _skip("torch_matmul", why)
@@ -142,6 +143,7 @@ def torch_matmul() -> Row:
 
 
 def cupy_matmul() -> Row:
+    """The same matmul through CuPy (a CUDA stack that does not come with PyTorch)."""
     try:
         import cupy
     except Exception as e:  # ImportError, or a CuPy built for another CUDA
@@ -170,6 +172,8 @@ def cupy_matmul() -> Row:
 
 
 def cuda_roundtrip() -> Row:
+    """64 MiB through the buffers the TensorRT runner uses: pinned -> device -> pinned on a
+    cuda-python stream, checked byte for byte, timed with CUDA events."""
     from vitron_rt.engines.errors import MissingDependencyError
 
     try:
@@ -409,6 +413,7 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def run(bundle: Path | None) -> list[Row]:
+    """Every check, in the order the table shows them."""
     rows = [torch_matmul(), cupy_matmul(), cuda_roundtrip()]
     if bundle is not None:
         rows += bundle_checks(bundle)

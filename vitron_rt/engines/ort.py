@@ -122,6 +122,8 @@ class OrtOptions:
     optimization: GraphOptimization = GraphOptimization.ALL
     # Save / reuse the optimized model (only when the runner has a cache_dir).
     cache_optimized: bool = True
+    # In priority order, e.g. (TENSORRT, CUDA): TensorRT takes the subgraphs it can, CUDA the
+    # rest; CPU is appended last in every case.
     providers: tuple[Provider, ...] = (Provider.CPU,)
     # CUDA EP options, passed through (e.g. {"device_id": 0, "arena_extend_strategy": ...}).
     cuda: dict[str, Any] = field(default_factory=dict)

@@ -89,8 +89,7 @@ class KvCache(ABC):
         t = embeds.shape[1]
         if self.length + t > self.limit:
             raise ContextLengthError(
-                f"{self.length + t} positions do not fit the context of {self.limit} "
-                f"({self.length} cached + {t} new)",
+                f"{self.length + t} positions do not fit the context of {self.limit} ({self.length} cached + {t} new)",
                 tokens=self.length + t,
                 limit=self.limit,
             )

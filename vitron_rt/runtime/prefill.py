@@ -34,7 +34,7 @@ from vitron_rt.runtime.generate import Generator, GenerationResult
 from vitron_rt.runtime.kv_cache import KvCache
 from vitron_rt.runtime.media import VideoReader, load_image, preprocess_images, sample_frame_indices
 from vitron_rt.runtime.messages import find_signal_tokens
-from vitron_rt.runtime.region import Box, GridRegion, parse_region, region_from_box, region_from_sketch
+from vitron_rt.runtime.region import GridRegion, parse_region, region_from_box, region_from_sketch
 
 VISION_ENCODER = "vision_encoder"
 MM_PROJECTOR = "mm_projector"
@@ -161,29 +161,31 @@ class MediaEncoder:
         the cache go through the encoders as one batch."""
         keys = [content_key(img) for img in images]
         out: dict[str, EncodedImage] = {}
-        todo: list[int] = []
-        for i, key in enumerate(keys):
-            hit = out.get(key) or self._get(key)
+        todo: dict[str, np.ndarray] = {}  # key -> image, each distinct image once (a short video repeats frames)
+        for key, img in zip(keys, images):
+            if key in out or key in todo:
+                continue
+            hit = self._get(key)
             if hit is not None:
                 out[key] = hit
-            elif key not in (keys[j] for j in todo):
-                todo.append(i)
+            else:
+                todo[key] = img
         if todo:
             pp = self.manifest.preprocess.get(VISION_ENCODER)
             if pp is None:
                 raise VitronInputError(f"this bundle has no image preprocessing for {VISION_ENCODER}")
             with timed(timings, "preprocess"):
-                pixels = preprocess_images([images[i] for i in todo], pp)  # (B, 3, S, S)
+                pixels = preprocess_images(list(todo.values()), pp)  # (B, 3, S, S)
             vis = self._runner(VISION_ENCODER)
             proj = self._runner(MM_PROJECTOR)
             with timed(timings, "vision_encoder"):
                 feats = _only_output(vis, vis.infer({_only_input(vis): pixels}))  # (B, N, Dv)
             with timed(timings, "projector"):
                 embeds = _only_output(proj, proj.infer({_only_input(proj): feats}))  # (B, N, D)
-            for b, i in enumerate(todo):
-                enc = EncodedImage(key=keys[i], features=feats[b], embeds=embeds[b])
-                self._put(keys[i], enc)
-                out[keys[i]] = enc
+            for b, key in enumerate(todo):
+                enc = EncodedImage(key=key, features=feats[b], embeds=embeds[b])
+                self._put(key, enc)
+                out[key] = enc
         return [out[k] for k in keys]
 
     def encode_region(
@@ -276,7 +278,9 @@ def splice(token_embeds: np.ndarray, ids: Sequence[int], slots: Mapping[int, Seq
             raise MessageError(
                 f"the prompt has {at.shape[0]} placeholder(s) for token id {tid} but {len(rows)} input(s) were given"
             )
-        where += [(int(i), np.asarray(r, dtype=np.float32).reshape(-1, token_embeds.shape[2])) for i, r in zip(at, rows)]
+        where += [
+            (int(i), np.asarray(r, dtype=np.float32).reshape(-1, token_embeds.shape[2])) for i, r in zip(at, rows)
+        ]
     if not where:
         return token_embeds
     where.sort(key=lambda x: x[0])

@@ -34,7 +34,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +58,8 @@ from vitron_rt.runtime.prefill import (
     with_image_tokens,
     with_region_token,
 )
-from vitron_rt.runtime.region import Box
 from vitron_rt.runtime.sampling import SamplingParams
-from vitron_rt.runtime.tasks import TaskOutput, TaskRequest, get_pipeline, resolve_task
+from vitron_rt.runtime.tasks import MEDIA_NEEDED, TaskOutput, TaskRequest, get_pipeline, resolve_task
 from vitron_rt.runtime.tokenizer import Tokenizer
 
 # Stands in for a reply when the template is asked where it writes one.
@@ -103,7 +102,8 @@ class Session:
     intra-op threads per runner (None: one per core). `context_limit`: cap the context
     below the model's (bounds the KV cache). `options`: the engine's options object
     (`OrtOptions` / `TrtOptions`), overriding `threads`. `verify`: hash every bundle file
-    on load (sizes are always checked).
+    on load (sizes are always checked). `io_binding=False` runs the decoder through plain
+    `infer` instead of the bound KV cache (the baseline it is measured against).
     """
 
     def __init__(
@@ -137,6 +137,7 @@ class Session:
         self.region_id = self.tokenizer.token_id(info.region_token)
         self.signal_ids: tuple[int, ...] = signal_token_ids(info) if info.signal_tokens else ()
         self._runners: dict[str, Runner] = {}
+        self.runners = _RunnerView(self)
         try:
             self.generator = Generator(
                 manifest.llm,
@@ -154,7 +155,8 @@ class Session:
     # -- runners
 
     def runner(self, component: str) -> Runner:
-        """The component's active runner, activated on first use and kept."""
+        """The component's active runner, activated on first use and kept (`BundleError`
+        for a component the bundle lacks)."""
         runner = self._runners.get(component)
         if runner is None:
             runner = make_runner(self.bundle, component, self.engine, self.options)
@@ -193,8 +195,35 @@ class Session:
     ) -> RunResult:
         """One request in a fresh conversation (see `Conversation.run`)."""
         return self.conversation().run(
-            prompt, image=image, video=video, region=region, task=task, sampling=sampling, out_dir=out_dir, on_text=on_text
+            prompt,
+            image=image,
+            video=video,
+            region=region,
+            task=task,
+            sampling=sampling,
+            out_dir=out_dir,
+            on_text=on_text,
         )
+
+
+class _RunnerView(Mapping[str, Runner]):
+    """The session's runners as a mapping (what the task pipelines take): indexing
+    activates a component on first use; iteration covers the active ones."""
+
+    def __init__(self, session: Session):
+        self._session = session
+
+    def __getitem__(self, component: str) -> Runner:
+        return self._session.runner(component)
+
+    def __contains__(self, component: object) -> bool:
+        return isinstance(component, str) and component in self._session.manifest.components
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._session._runners))
+
+    def __len__(self) -> int:
+        return len(self._session._runners)
 
 
 @dataclass(frozen=True)
@@ -235,6 +264,10 @@ class Conversation:
         # Embeddings per placeholder occurrence in `_text`, in order: (text offset, rows).
         self._images: list[tuple[int, np.ndarray]] = []
         self._regions: list[tuple[int, np.ndarray]] = []
+
+    @property
+    def _placeholder_tokens(self) -> tuple[str, str]:
+        return self.session.image_token, self.session.region_token
 
     @property
     def cache(self) -> KvCache:
@@ -281,108 +314,98 @@ class Conversation:
             raise MessageError(f"the prompt must be text, got {type(prompt).__name__}")
         if image is not None and video is not None:
             raise VitronInputError("give an image or a video, not both")
-        forced = resolve_task(task, video=video is not None)
-        sampling = sampling or SamplingParams()
-        out_path, created = _prepare_out_dir(out_dir) if out_dir is not None else (None, False)
+        req = _Request(
+            prompt=prompt, sampling=sampling or SamplingParams(), forced=resolve_task(task, video is not None)
+        )
+        if req.forced not in (None, "understand") and not _strip_placeholders(prompt, self._placeholder_tokens):
+            raise MessageError(f"task {req.forced} needs an instruction: the prompt has only placeholders")
+        created = False
+        if out_dir is not None:
+            req.out_dir, created = _prepare_out_dir(out_dir)
         try:
-            return self._run(prompt, image, video, region, forced, sampling, out_path, on_text, start)
+            self._front_end(req, image, video, region)
+            result = self._llm(req, on_text)
+            module, message = self._message(req, result)
+            conditioning, outputs = None, []
+            if message is not None and module not in (None, "understand"):
+                conditioning, message = self._signal(req, module, message, result)
+                if conditioning is not None:
+                    outputs = self._dispatch(req, module, message, conditioning)
         except BaseException:
             if created:
-                _remove_if_empty(out_path)
+                _remove_if_empty(req.out_dir)
             raise
-
-    def _run(
-        self,
-        prompt: str,
-        image: str | os.PathLike | np.ndarray | None,
-        video: str | os.PathLike | None,
-        region: Sequence[float] | str | np.ndarray | None,
-        forced: str | None,
-        sampling: SamplingParams,
-        out_path: Path | None,
-        on_text: Callable[[str], None] | None,
-        start: float,
-    ) -> RunResult:
-        s = self.session
-        timings: dict[str, float] = {}
-        notes: list[str] = []
-        hits, misses = s.media.hits, s.media.misses
-
-        # ---- media through the front end
-        pixels: np.ndarray | None = None
-        clip: VideoClip | None = None
-        encoded: list[EncodedImage] = []
-        if image is not None:
-            pixels = s.media.read_image(image)
-            encoded = s.media.encode_images([pixels], timings)
-        elif video is not None:
-            clip = s.media.read_video(video)
-            encoded = s.media.encode_images(list(clip.frames), timings)
-        enc_region: EncodedRegion | None = None
-        sketch: np.ndarray | None = None
-        if region is not None:
-            if not encoded:
-                raise RegionError("a region points into an image: give an image or a video with it")
-            if isinstance(region, np.ndarray) and region.ndim >= 2:
-                sketch = region
-            enc_region = s.media.encode_region(encoded[0], region, timings)  # a video's region is on its first frame
-
-        user_text = prompt
-        if encoded:
-            user_text = with_image_tokens(user_text, len(encoded), s.image_token)
-        if enc_region is not None:
-            user_text = with_region_token(user_text, s.region_token)
-
-        # ---- the LLM
-        turn = self._turn(
-            user_text,
-            [e.embeds for e in encoded],
-            [] if enc_region is None else [enc_region.embed],
-            sampling,
-            on_text,
-        )
-        result = turn.result
-        timings["prefill"] = turn.prefill_ms
-        timings["decode"] = result.timings_ms["decode"]
-        debug = dict(turn.debug)
-        debug["encoder_cache"] = {"hits": s.media.hits - hits, "misses": s.media.misses - misses}
-
-        # ---- the hybrid message
-        parsed = parse(result.text)
-        if parsed.error is not None:
-            notes.append(parsed.error)
-        message = parsed.message
-        user_box: Box | None = None if enc_region is None else enc_region.region.box
-        module = forced if forced is not None else (message.module if message is not None else None)
-        if forced == "understand":
-            message = None
-        elif forced is not None:
-            if message is not None:
-                message = dataclasses.replace(message, module=forced)
-            else:
-                instruction = _strip_placeholders(prompt, (s.image_token, s.region_token))
-                message = HybridMessage(module=forced, instructions=(instruction,), region=user_box, text=parsed.text)
-
-        outputs: list[TaskOutput] = []
-        conditioning = None
-        if message is not None and module is not None and module != "understand":
-            conditioning, message = self._signal(module, message, result, timings, notes, debug)
-            if conditioning is not None:
-                outputs = self._dispatch(
-                    module, message, conditioning, out_path, pixels, video, clip, user_box, sketch, sampling, timings, notes
-                )
-        timings["total"] = (time.perf_counter() - start) * 1e3
+        req.timings["total"] = (time.perf_counter() - start) * 1e3
         return RunResult(
             text=result.text,
             message=message,
             outputs=outputs,
             usage=result.usage,
-            timings_ms=timings,
+            timings_ms=req.timings,
             finish_reason=result.finish_reason,
-            notes=notes,
-            debug=debug,
+            notes=req.notes,
+            debug=req.debug,
             conditioning=conditioning,
         )
+
+    def _front_end(
+        self,
+        req: "_Request",
+        image: str | os.PathLike | np.ndarray | None,
+        video: str | os.PathLike | None,
+        region: Sequence[float] | str | np.ndarray | None,
+    ) -> None:
+        """Read the media and run the encoders (cached by content)."""
+        media = self.session.media
+        hits, misses = media.hits, media.misses
+        if image is not None:
+            req.pixels = media.read_image(image)
+            req.image_path = None if isinstance(image, np.ndarray) else Path(image)
+            req.encoded = media.encode_images([req.pixels], req.timings)
+        elif video is not None:
+            req.clip = media.read_video(video)
+            req.video = Path(video)
+            req.encoded = media.encode_images(list(req.clip.frames), req.timings)
+        if region is not None:
+            if not req.encoded:
+                raise RegionError("a region points into an image: give an image or a video with it")
+            if isinstance(region, np.ndarray) and region.ndim >= 2:
+                req.sketch = region
+            req.region = media.encode_region(req.encoded[0], region, req.timings)  # a video's: on its first frame
+        req.debug["encoder_cache"] = {"hits": media.hits - hits, "misses": media.misses - misses}
+
+    def _llm(self, req: "_Request", on_text: Callable[[str], None] | None) -> GenerationResult:
+        """The user turn with its placeholders, through prefill and decode."""
+        s = self.session
+        user_text = req.prompt
+        if req.encoded:
+            user_text = with_image_tokens(user_text, len(req.encoded), s.image_token)
+        if req.region is not None:
+            user_text = with_region_token(user_text, s.region_token)
+        images = [e.embeds for e in req.encoded]
+        regions = [] if req.region is None else [req.region.embed]
+        turn = self._turn(user_text, images, regions, req.sampling, on_text)
+        req.timings["prefill"] = turn.prefill_ms
+        req.timings["decode"] = turn.result.timings_ms["decode"]
+        req.debug.update(turn.debug)
+        return turn.result
+
+    def _message(self, req: "_Request", result: GenerationResult) -> tuple[str | None, HybridMessage | None]:
+        """The module to call and its message: the model's, or the forced task's (whose
+        instruction is the user's prompt when the model wrote no message)."""
+        parsed = parse(result.text)
+        if parsed.error is not None:
+            req.notes.append(parsed.error)
+        message, forced = parsed.message, req.forced
+        if forced is None:
+            return (None if message is None else message.module), message
+        if forced == "understand":
+            return forced, None
+        if message is not None:
+            return forced, dataclasses.replace(message, module=forced)
+        instruction = _strip_placeholders(req.prompt, self._placeholder_tokens)
+        box = None if req.region is None else req.region.region.box
+        return forced, HybridMessage(module=forced, instructions=(instruction,), region=box, text=parsed.text)
 
     # -- the LLM turn
 
@@ -444,7 +467,9 @@ class Conversation:
         reply_text = tok.decode(reply_ids, skip_special_tokens=False)
         content = self._reply_content(messages, new_text, reply_text, result)
         marks.append(_Mark(len(new_text) + len(reply_text), cache.length, n_ids + len(reply_ids), pending))
-        self._images = _placeholders(new_text, s.image_token, [r for o, r in self._images if o < mark.text_end] + suffix_images)
+        self._images = _placeholders(
+            new_text, s.image_token, [r for o, r in self._images if o < mark.text_end] + suffix_images
+        )
         self._regions = _placeholders(
             new_text, s.region_token, [r for o, r in self._regions if o < mark.text_end] + suffix_regions
         )
@@ -458,13 +483,15 @@ class Conversation:
             "reprefill": reprefill,
             "reprefill_reason": reason,
         }
-        return _Turn(result=result, user_text=user_text, prefill_ms=splice_ms + result.timings_ms["prefill"], debug=debug)
+        return _Turn(
+            result=result, user_text=user_text, prefill_ms=splice_ms + result.timings_ms["prefill"], debug=debug
+        )
 
     def _reuse_point(self, new_text: str) -> tuple[_Mark, str | None, str | None]:
         """The last mark whose text the new rendering still starts with; how much was
         given up ("reply": the last reply is pre-filled again; "full": everything) and why."""
         common = _common_prefix(self._text, new_text)
-        mark = max((m for m in self._marks if m.text_end <= common), key=lambda m: m.text_end)
+        mark = next(m for m in reversed(self._marks) if m.text_end <= common)  # marks grow; the first is 0
         last = self._marks[-1]
         if mark is last:
             return mark, None, None
@@ -510,13 +537,7 @@ class Conversation:
     # -- signal and back end
 
     def _signal(
-        self,
-        module: str,
-        message: HybridMessage,
-        result: GenerationResult,
-        timings: dict[str, float],
-        notes: list[str],
-        debug: dict[str, Any],
+        self, req: "_Request", module: str, message: HybridMessage, result: GenerationResult
     ) -> tuple[np.ndarray | None, HybridMessage]:
         """The signal embeddings' projection for `module`, and the message with the signal
         hidden states attached; None when the bundle cannot condition that back end."""
@@ -524,66 +545,86 @@ class Conversation:
         signal = s.manifest.signal
         projector = None if signal is None else signal.projectors.get(module)
         if projector is None or not s.signal_ids:
-            notes.append(f"this bundle has no signal projector for {module}; no back end ran")
+            req.notes.append(f"this bundle has no signal projector for {module}; no back end ran")
             return None, message
-        with timed(timings, "signal_prefill"):
+        with timed(req.timings, "signal_prefill"):
             sig = signal_hidden(s.generator, self.cache, result, s.signal_ids)  # (K, D)
-        debug["signal_source"] = sig.source
+        req.debug["signal_source"] = sig.source
         runner = s.runner(projector)
-        with timed(timings, "signal_projector"):
+        with timed(req.timings, "signal_projector"):
             out = runner.infer({runner.input_specs[0].name: sig.hidden[None]})  # (1, K, D)
         conditioning = out[runner.output_specs[0].name]  # (1, K, C)
         return conditioning, message.with_signal(sig.hidden)
 
     def _dispatch(
-        self,
-        module: str,
-        message: HybridMessage,
-        conditioning: np.ndarray,
-        out_path: Path | None,
-        pixels: np.ndarray | None,
-        video: str | os.PathLike | None,
-        clip: VideoClip | None,
-        user_box: Box | None,
-        sketch: np.ndarray | None,
-        sampling: SamplingParams,
-        timings: dict[str, float],
-        notes: list[str],
+        self, req: "_Request", module: str, message: HybridMessage, conditioning: np.ndarray
     ) -> list[TaskOutput]:
-        """Run the pipeline registered for `module`; none registered: a note, no outputs."""
+        """Run the pipeline registered for `module`. None registered, or the request lacks
+        the media the back end works on: a note, no outputs."""
         pipeline = get_pipeline(module)
         if pipeline is None:
-            notes.append(f"no pipeline is registered for {module}; no outputs")
+            req.notes.append(f"no pipeline is registered for {module}; no outputs")
             return []
-        created = out_path is None
-        if out_path is None:
-            out_path = Path(tempfile.mkdtemp(prefix="vitron-rt-"))
-            notes.append(f"outputs written to a new temporary folder {out_path} (no out_dir given)")
+        needs = MEDIA_NEEDED.get(module)
+        have = "video" if req.clip is not None else "image" if req.pixels is not None else None
+        if needs is not None and needs != have:
+            req.notes.append(f"{module} works on an {needs}, and the request has {have or 'no media'}; no outputs")
+            return []
+        out_dir, created = req.out_dir, req.out_dir is None
+        if out_dir is None:
+            out_dir = Path(tempfile.mkdtemp(prefix="vitron-rt-"))
+            req.notes.append(f"outputs written to a new temporary folder {out_dir} (no out_dir given)")
+        user_box = None if req.region is None else req.region.region.box
         request = TaskRequest(
             module=module,
             message=message,
             conditioning=conditioning,
-            out_dir=out_path,
+            out_dir=out_dir,
             bundle=self.session.bundle,
-            runner=self.session.runner,
-            image=pixels,
-            video=None if video is None else Path(video),
-            frames=None if clip is None else clip.frames,
-            frame_indices=None if clip is None else clip.indices,
+            runners=self.session.runners,
+            image=req.pixels,
+            image_path=req.image_path,
+            video=req.video,
+            frames=None if req.clip is None else req.clip.frames,
+            frame_indices=None if req.clip is None else req.clip.indices,
             region=message.region if message.region is not None else user_box,
-            sketch=sketch,
-            seed=sampling.seed,
+            sketch=req.sketch,
+            seed=req.sampling.seed,
         )
         try:
             outputs = list(pipeline(request))
         except BaseException:
             if created:
-                _remove_if_empty(out_path)
+                _remove_if_empty(out_dir)
             raise
         finally:
-            timings.update(request.timings_ms)
-            notes.extend(request.notes)
+            for stage, ms in request.timings_ms.items():  # a stage name the front end used gets the module's prefix
+                req.timings[stage if stage not in req.timings else f"{module}.{stage}"] = ms
+            req.notes.extend(request.notes)
+        if request.info:
+            req.debug["pipeline"] = dict(request.info)
         return outputs
+
+
+@dataclass
+class _Request:
+    """One request as it runs: its inputs as the front end read them, and the stage
+    timings, notes and debug facts it collects."""
+
+    prompt: str
+    sampling: SamplingParams
+    forced: str | None  # the module a task forces; None: the model decides
+    out_dir: Path | None = None
+    pixels: np.ndarray | None = None  # (H, W, 3) uint8 RGB
+    image_path: Path | None = None
+    video: Path | None = None
+    clip: VideoClip | None = None
+    encoded: list[EncodedImage] = field(default_factory=list)  # the image, or one per frame
+    region: EncodedRegion | None = None
+    sketch: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    debug: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,17 +10,24 @@ pipelines by module name, what a pipeline is given, and what it returns.
 
 The session calls the pipeline registered for the message's module with the message
 (signal embeddings attached), the signal projector's conditioning and the user's media.
-Pipelines live in `vitron_rt.runtime.pipelines`, which registers them when imported;
-`get_pipeline` imports it on first use, so a runtime without it still serves text (the
-result then says in its notes that no pipeline ran). A pipeline writes its files
-atomically (`media.write_png_atomic`, `media.VideoWriter`): a failed request leaves none.
+A module with no pipeline is not an error: the result says so in its notes.
+
+The built-in pipelines live in `vitron_rt.runtime.pipelines` (a table `PIPELINES` of
+classes, each `cls(manifest, runners).run(message, signal, media, out_dir, timings)`);
+`get_pipeline` imports that package on first use and registers an adapter for each of
+its classes that no pipeline was registered for by hand. A runtime without the package
+still serves text. Pipelines write their files atomically (`OutputFiles`,
+`media.write_png_atomic`, `media.VideoWriter`): a failed request leaves none.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +37,7 @@ import numpy as np
 from vitron_rt.bundle import Bundle
 from vitron_rt.engines import Runner
 from vitron_rt.runtime.errors import MessageError
+from vitron_rt.runtime.media import write_png_atomic
 from vitron_rt.runtime.messages import MODULES, HybridMessage, resolve_module
 from vitron_rt.runtime.region import Box
 
@@ -40,6 +48,16 @@ TASK_VERBS: dict[str, tuple[str, str]] = {
     "segment": ("segment_image", "segment_video"),
     "generate": ("generate_image", "generate_video"),
     "edit": ("edit_image", "edit_video"),
+}
+# What each back end works on: the user's image, video, or nothing (generation).
+MEDIA_NEEDED: dict[str, str | None] = {
+    "segment_image": "image",
+    "segment_video": "video",
+    "generate_image": None,
+    "edit_image": "image",
+    "generate_video": None,
+    "edit_video": "video",
+    "image_to_video": "image",
 }
 
 
@@ -68,8 +86,9 @@ class TaskRequest:
     conditioning: np.ndarray  # (1, K, C) signal_projector.<module> output
     out_dir: Path  # exists and is writable
     bundle: Bundle
-    runner: Callable[[str], Runner]  # a component's active runner (resident in the session)
+    runners: Mapping[str, Runner]  # component -> active runner (resident in the session)
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, the user's image
+    image_path: Path | None = None  # its file, when it was given as one
     video: Path | None = None  # the user's video file
     frames: np.ndarray | None = None  # (N, H, W, 3) uint8 RGB, the frames the LLM saw
     frame_indices: np.ndarray | None = None  # (N,) their indices in the video
@@ -78,6 +97,7 @@ class TaskRequest:
     seed: int | None = None  # the request's sampling seed, for stochastic back ends
     timings_ms: dict[str, float] = field(default_factory=dict)  # add the pipeline's stages here
     notes: list[str] = field(default_factory=list)  # anything the caller should be told
+    info: dict = field(default_factory=dict)  # facts about the run that are not times (IoU, frames)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -127,16 +147,63 @@ def registered_modules() -> tuple[str, ...]:
 
 
 def _load_builtins() -> None:
-    """Import the pipelines package once (it registers its pipelines); absent, nothing."""
+    """Import the pipelines package once and register an adapter for each of its
+    pipeline classes (a pipeline registered by hand for a module wins); absent, nothing."""
     global _builtins_loaded
     if _builtins_loaded:
         return
-    _builtins_loaded = True
     try:
-        importlib.import_module(PIPELINES_PACKAGE)
+        package = importlib.import_module(PIPELINES_PACKAGE)
     except ModuleNotFoundError as e:
         if e.name != PIPELINES_PACKAGE:
-            raise
+            raise  # a broken package fails every request that needs it, not only the first
+        package = None
+    for module, cls in getattr(package, "PIPELINES", {}).items():
+        _PIPELINES.setdefault(resolve_module(module), _adapt(cls))
+    _builtins_loaded = True
+
+
+def _adapt(cls: type) -> Pipeline:
+    """A registered pipeline over one of the package's classes: built per request from
+    the session's runners (activated once, shared), called with the request's media
+    path. An image given as an array is written to a temporary PNG for it; an edit
+    pipeline also gets `seg_signal`, the signal tokens through the segment_image
+    projector, when the bundle has one."""
+
+    def run(request: TaskRequest) -> list[TaskOutput]:
+        pipeline = cls(request.bundle.manifest, request.runners)
+        extra = {}
+        if "seg_signal" in inspect.signature(pipeline.run).parameters:
+            extra["seg_signal"] = _seg_signal(request)
+        scratch = None
+        media: Path | None = request.video if request.video is not None else request.image_path
+        try:
+            if media is None and request.image is not None:
+                scratch = Path(tempfile.mkdtemp(prefix="vitron-rt-image-"))
+                media = write_png_atomic(scratch / "image.png", request.image)
+            result = pipeline.run(
+                request.message, request.conditioning, media, request.out_dir, request.timings_ms, **extra
+            )
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        request.info.update(getattr(result, "info", {}))
+        return [TaskOutput(o.kind, o.path) for o in result.outputs]
+
+    run.__qualname__ = f"{cls.__qualname__}.run (adapted)"
+    return run
+
+
+def _seg_signal(request: TaskRequest) -> np.ndarray | None:
+    """The message's signal hidden states through `signal_projector.segment_image`: (1, K, C)."""
+    signal = request.bundle.manifest.signal
+    component = None if signal is None else signal.projectors.get("segment_image")
+    if component is None or request.message.signal is None:
+        return None
+    runner = request.runners[component]
+    with request.timed("signal_projector"):
+        out = runner.infer({runner.input_specs[0].name: np.ascontiguousarray(request.message.signal[None])})
+    return out[runner.output_specs[0].name]
 
 
 def resolve_task(task: str | None, video: bool) -> str | None:

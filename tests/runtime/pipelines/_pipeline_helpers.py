@@ -48,3 +48,19 @@ def with_failure(runners, component: str, fail_at: int) -> dict:
 def visible_and_hidden(folder: Path) -> list[str]:
     """Every entry of `folder`, staging and temporary files included."""
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+class RecordingRunner:
+    """A runner that keeps a copy of every feed and output it saw (for short runs only)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls: list[tuple[dict, dict]] = []
+
+    def infer(self, feeds):
+        out = self._inner.infer(feeds)
+        self.calls.append(({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in out.items()}))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)

@@ -9,13 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _pipeline_helpers import CLIP_FRAMES
-
-
-@pytest.fixture(scope="session")  # DEVONLY
-def tiny_bundle():  # DEVONLY
-    return Path("/tmp/pipe_tiny")  # DEVONLY
 
 
 @pytest.fixture(scope="session")

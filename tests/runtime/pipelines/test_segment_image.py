@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from _pipeline_helpers import signal, visible_and_hidden, with_failure
+
 from vitron_rt.engines import EngineError
 from vitron_rt.runtime.errors import MediaError, RegionError
 from vitron_rt.runtime.media import load_image

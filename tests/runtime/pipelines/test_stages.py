@@ -67,8 +67,7 @@ def test_stages_overlap():
 
 def test_first_failure_stops_every_stage_and_is_raised_as_itself():
     def source():
-        for i in range(10_000):
-            yield i
+        yield from range(10_000)
 
     def boom(x):
         if x == 7:

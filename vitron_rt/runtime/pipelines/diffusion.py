@@ -53,7 +53,7 @@ from vitron_rt.runtime.pipelines.base import (
 )
 from vitron_rt.runtime.pipelines.postprocess import composite, downsample_mask, from_vae_output, to_vae_input
 from vitron_rt.runtime.pipelines.scheduler import DdimConfig, DDIMScheduler
-from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, SegmentOptions, Segmenter
+from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, Segmenter, SegmentOptions
 
 UNET = "unet"
 VAE_ENCODER = "vae_encoder"
@@ -123,7 +123,7 @@ class Denoiser:
         m = self.multiple
 
         def short(s: int, l: int) -> int:
-            return min(self.max_side, max(m, int(round(s * self.native / l / m)) * m))
+            return min(self.max_side, max(m, round(s * self.native / l / m) * m))
 
         return (self.native, short(W, H)) if H >= W else (short(H, W), self.native)
 

@@ -47,7 +47,7 @@ from vitron_rt.runtime.pipelines.diffusion import (
     seg_signal_for,
 )
 from vitron_rt.runtime.pipelines.postprocess import overlay
-from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, Prompt, SegmentOptions, Segmenter
+from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, Prompt, Segmenter, SegmentOptions
 from vitron_rt.runtime.pipelines.stages import DEFAULT_MAXSIZE, StreamStats, run_stages
 
 # A container that reports no frame rate gets this one (the common rate of web video).
