@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from vitron_rt.logs import quiet_libraries
+
 EXIT_USAGE = 2  # argparse's code for bad usage; also "this stage cannot run here"
 
 
@@ -59,7 +61,7 @@ def _export(args: argparse.Namespace) -> int:
     from vitron_rt.export.source import SourceError, from_checkpoints, from_preset
     from vitron_rt.models.weights import CheckpointError
 
-    _quiet_libraries()
+    quiet_libraries()  # after the imports above: importing torch resets its loggers
     t0 = time.perf_counter()
     try:
         if args.preset:
@@ -86,17 +88,27 @@ def _check(args: argparse.Namespace) -> int:
     except BundleError as e:
         raise CliError(f"vitron-rt check: {_one_line(e)}") from None
     from vitron_rt.engines import EngineError, MissingDependencyError, runner_factory
-    from vitron_rt.export.errors import ExportError
+    from vitron_rt.export.errors import ExportError, ValidationError
     from vitron_rt.export.pipeline import check_bundle
     from vitron_rt.export.source import SourceError
     from vitron_rt.export.validate import format_table
     from vitron_rt.models.weights import CheckpointError
 
+    quiet_libraries()
     try:
         rows = check_bundle(bundle, runner=runner_factory(bundle, args.engine))
     except MissingDependencyError as e:
         raise CliError(f"vitron-rt check: {_one_line(e)}", code=EXIT_USAGE) from None
-    except (SourceError, CheckpointError, ExportError, EngineError, BundleError, KeyError, ValueError) as e:
+    except (
+        SourceError,
+        CheckpointError,
+        ExportError,
+        ValidationError,
+        EngineError,
+        BundleError,
+        KeyError,
+        ValueError,
+    ) as e:
         raise CliError(f"vitron-rt check: {_one_line(e)}") from None
     print(format_table(rows))
     failed = [r for r in rows if not r.passed]
@@ -232,22 +244,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """Keep library progress bars and load reports off a command's stderr: vitron-rt
-    prints its own progress, and an error is one line of its own."""
-    import logging
-    import warnings
+def _demo(args: argparse.Namespace) -> int:
+    from vitron_rt.demo import main as demo_main
 
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "diffusers", "torch.onnx", "onnxscript", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    return demo_main(args.out)
 
 
 def _one_line(e: BaseException) -> str:
@@ -337,11 +337,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
     ),
     "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _not_built("bench", "the bench issue")),
     "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _not_built("serve", "the serving issue")),
-    "demo": (
-        "the whole path on the embedded default (ONNX Runtime, CPU)",
-        _configure_demo,
-        _not_built("demo", "the runtime issue; it needs export, the runner and the task pipelines"),
-    ),
+    "demo": ("the whole path on the embedded default (ONNX Runtime, CPU)", _configure_demo, _demo),
 }
 
 
