@@ -27,6 +27,12 @@ def tiny_bundle(tiny_export) -> Path:
     return tiny_export[0]
 
 
+@pytest.fixture(scope="session")
+def llama_folder():
+    """`llama_folder(path, seed=0, **LlmConfig overrides) -> path`: see write_llama_folder."""
+    return write_llama_folder
+
+
 def write_llama_folder(path: Path, seed: int = 0, **overrides) -> Path:
     """A tiny random LLaMA-family Hugging Face folder (config.json, model.safetensors and a
     fast tokenizer), as `save_pretrained` writes it. `overrides` replace LlmConfig fields

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_llama_folder
 
 from vitron_rt import cli
 from vitron_rt.bundle import MANIFEST_NAME, load_bundle
@@ -50,8 +49,8 @@ def no_partial_left(folder: Path) -> bool:
     ],
     ids=["gqa-tied", "mha-untied-linear-rope", "gqa-untied-llama3-rope"],
 )
-def test_llama_family_folder_exports_and_checks(tmp_path, variant):
-    folder = write_llama_folder(tmp_path / "llama", **variant)
+def test_llama_family_folder_exports_and_checks(tmp_path, variant, llama_folder):
+    folder = llama_folder(tmp_path / "llama", **variant)
     path, rows = export_bundle(from_checkpoints(llm=str(folder)), tmp_path / "b")
     assert all(r.passed for r in rows)
     bundle = load_bundle(path)
@@ -119,8 +118,8 @@ def test_corrupt_gguf(tmp_path, capsys):
     assert not (tmp_path / "b").exists() and no_partial_left(tmp_path)
 
 
-def test_unknown_architecture(tmp_path, capsys):
-    folder = write_llama_folder(tmp_path / "m")
+def test_unknown_architecture(tmp_path, capsys, llama_folder):
+    folder = llama_folder(tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "qwen2"
     (folder / "config.json").write_text(json.dumps(config))
@@ -129,10 +128,10 @@ def test_unknown_architecture(tmp_path, capsys):
     assert not (tmp_path / "b").exists() and no_partial_left(tmp_path)
 
 
-def test_missing_keys(tmp_path, capsys):
+def test_missing_keys(tmp_path, capsys, llama_folder):
     from safetensors.torch import load_file, save_file
 
-    folder = write_llama_folder(tmp_path / "m")
+    folder = llama_folder(tmp_path / "m")
     weights = load_file(folder / "model.safetensors")
     del weights["model.layers.1.mlp.up_proj.weight"]
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})

@@ -116,8 +116,10 @@ def test_flags_are_per_sample(decoder):
     masks, iou = _run(decoder, inputs)
     for i in range(3):
         mi, ii = _run(decoder, {k: v[i : i + 1] for k, v in inputs.items()})
-        torch.testing.assert_close(masks[i : i + 1], mi, rtol=1e-5, atol=1e-9)
-        torch.testing.assert_close(iou[i : i + 1], ii, rtol=1e-5, atol=1e-9)
+        # Batched vs single-sample fp32 differs by summation order only: ~1e-7 of the
+        # outputs' scale (the tiny preset's mask logits are O(0.1-1), see SegConfig).
+        torch.testing.assert_close(masks[i : i + 1], mi, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(iou[i : i + 1], ii, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
