@@ -276,7 +276,13 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     media.add_argument("--image", metavar="F")
     media.add_argument("--video", metavar="F")
     p.add_argument("--region", metavar="x1,y1,x2,y2", help="normalised box in [0,1]")
-    p.add_argument("--task", default="auto", choices=("auto", "understand", "segment", "generate", "edit"))
+    p.add_argument(
+        "--task",
+        default="auto",
+        metavar="TASK",
+        help="auto (follow the model's message), understand, segment, generate, edit, or a module "
+        "name (segment_video, ...); an unknown one is a one-line error",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--greedy", action="store_true")
     _add_engine(p)
