@@ -40,22 +40,15 @@ def write_llama_folder(path: Path, seed: int = 0, **overrides) -> Path:
     import dataclasses
 
     import torch
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from vitron_rt.models.config import preset
-    from vitron_rt.models.tokenizer import TINY_BASE_SPECIALS, TINY_BASE_VOCAB
+    from vitron_rt.models.tokenizer import TINY_BASE_VOCAB, byte_level_tokenizer
 
     cfg = dataclasses.replace(preset("tiny").llm, vocab_size=TINY_BASE_VOCAB, **overrides)
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg.to_hf()).eval().save_pretrained(path)
-    vocab = {tok: i for i, tok in enumerate(TINY_BASE_SPECIALS)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_BASE_SPECIALS])
+    tok = byte_level_tokenizer()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
     return Path(path)

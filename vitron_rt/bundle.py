@@ -290,6 +290,9 @@ class LlmInfo:
     position_ids: str = "position_ids"
     logits: str = "logits"
     hidden_states: str = "hidden_states"  # last layer, read at the signal tokens
+    # Positions the decoder's "ort-gqa" variant serves (its RoPE tables; the longest
+    # shared KV buffer it takes). None: the bundle has no such variant (older bundles).
+    kv_buffer_length: int | None = None
 
     def past_names(self) -> list[str]:
         """Every past-KV input name, layer by layer: key, value, key, value, ..."""

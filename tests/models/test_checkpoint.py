@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer
 
 from vitron_rt.models import checkpoint
 from vitron_rt.models.checkpoint import CheckpointError, CheckpointKind, detect, load_llm
 from vitron_rt.models.config import LlmConfig, SignalConfig, preset
 from vitron_rt.models.llm import EmbedTokens, LlmDecoder, greedy_generate
-from vitron_rt.models.tokenizer import TINY_BASE_SPECIALS, TINY_BASE_VOCAB, vitron_special_tokens
+from vitron_rt.models.tokenizer import TINY_BASE_VOCAB, byte_level_tokenizer, vitron_special_tokens
 
 K = 2  # signal tokens
 # The tiny LLM without Vitron's rows: loading adds <image>, <region>, <sig_0>, <sig_1> and
@@ -34,14 +34,7 @@ BASE = dataclasses.replace(preset("tiny").llm, vocab_size=TINY_BASE_VOCAB)
 
 def _base_tokenizer() -> Tokenizer:
     """The tiny byte-level tokenizer, before Vitron's special tokens."""
-    vocab = {tok: i for i, tok in enumerate(TINY_BASE_SPECIALS)}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_BASE_SPECIALS])
-    return tok
+    return byte_level_tokenizer()
 
 
 def _fast_tokenizer():

@@ -34,7 +34,7 @@ from torch import nn
 
 from vitron_rt.bundle import ComponentEntry, FileRef, TensorSpec, VariantEntry
 from vitron_rt.export.errors import AxisError, ExportError, OpsetError, SpecError
-from vitron_rt.export.spec import DYNAMO, IO, TORCH_DTYPES, ExportSpec, Variant
+from vitron_rt.export.spec import DYNAMO, IO, TORCH_DTYPES, ExportSpec, GraphVariant, Variant
 from vitron_rt.export.validate import check_graph_axes, check_io_names
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights; see the module docstring
@@ -139,7 +139,7 @@ def export_component(
         json.dumps(attributes, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SpecError(f"spec {spec.name!r}: attributes must be plain JSON values ({e})") from None
-    variants = tuple(_build_variant(v, spec, main, out_dir) for v in spec.variants)
+    variants = tuple(_build_variant(v, spec, module, main, out_dir) for v in spec.variants)
     entry = ComponentEntry(
         file=FileRef.of(out_dir, main.name),
         external_data=tuple(FileRef.of(out_dir, p) for p in external_files(graph)),
@@ -253,17 +253,23 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-def _build_variant(variant: Variant, spec: ExportSpec, main: Path, out_dir: Path) -> VariantEntry:
+def _build_variant(
+    variant: Variant | GraphVariant, spec: ExportSpec, module: nn.Module, main: Path, out_dir: Path
+) -> VariantEntry:
     dst = out_dir / f"{spec.name}.{variant.kind}.onnx"
     _remove_onnx(dst)
     try:
-        variant.build(main, dst)
+        if isinstance(variant, GraphVariant):
+            variant.build_from(module, dst)
+        else:
+            variant.build(main, dst)
     except Exception as e:
         raise ExportError(f"{spec.name}: building variant {variant.kind!r} failed: {_root_cause(e)}") from e
     if not dst.is_file():
         raise ExportError(f"{spec.name}: variant {variant.kind!r} wrote no {dst.name}")
     graph = onnx.load(str(dst), load_external_data=False)
-    check_io_names(graph, spec, str(dst))
+    if not isinstance(variant, GraphVariant):  # a GraphVariant has its own I/O contract
+        check_io_names(graph, spec, str(dst))
     return VariantEntry(
         kind=variant.kind,
         file=FileRef.of(out_dir, dst.name),

@@ -24,10 +24,11 @@ from vitron_rt.bundle import (
 from vitron_rt.export import specs as _specs  # noqa: F401  (registers every component spec)
 from vitron_rt.export.bundle_writer import BundleWriter
 from vitron_rt.export.greedy import GREEDY_TOKENS, greedy_parity
-from vitron_rt.export.onnx_export import export_component
+from vitron_rt.export.onnx_export import ExportedComponent, export_component
 from vitron_rt.export.source import Reference, from_source
 from vitron_rt.export.spec import get_spec
-from vitron_rt.export.validate import OrtCpuRunner, ValidationRow, ToleranceError, validate_file
+from vitron_rt.export.llm_gqa import KIND as GQA_KIND
+from vitron_rt.export.validate import OrtCpuRunner, ValidationRow, ToleranceError, validate_component
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -50,7 +51,7 @@ def export_bundle(
         for name, module in ref.components.items():
             spec = get_spec(name).bind(module)
             exported = export_component(module, spec, writer.staging)
-            file_rows = validate_file(module, spec, exported.path)
+            file_rows = validate_component(module, spec, exported)
             rows += file_rows
             worst = max(r.max_abs_err for r in file_rows)
             log(f"  {name:<34} exported and checked on {len(spec.resolve(module).cases)} new shapes, max abs err {worst:.2g}")
@@ -88,7 +89,8 @@ def check_bundle(bundle: Bundle, runner: Callable = OrtCpuRunner, ref: Reference
             raise KeyError(f"the bundle has {name!r} but its reference model has no such component")
         module = ref.components[name]
         spec = get_spec(name).bind(module)
-        rows += validate_file(module, spec, bundle.component_path(name), runner=runner, strict=False)
+        exported = ExportedComponent(name, bundle.root, bundle.component(name))
+        rows += validate_component(module, spec, exported, runner=runner, strict=False)
     llm = bundle.manifest.llm
     if llm is not None:
         tok = bundle.manifest.tokenizer
@@ -128,6 +130,7 @@ def _llm_info(ref: Reference) -> LlmInfo | None:
     if not ref.has_llm:
         return None
     dec = ref.components["llm_decoder"]
+    gqa = [v for v in get_spec("llm_decoder").variants if v.kind == GQA_KIND]
     return LlmInfo(
         vocab_size=dec.vocab_size,
         hidden_size=dec.hidden_size,
@@ -135,6 +138,7 @@ def _llm_info(ref: Reference) -> LlmInfo | None:
         num_layers=dec.num_layers,
         num_kv_heads=dec.num_kv_heads,
         head_dim=dec.head_dim,
+        kv_buffer_length=gqa[0].buffer_length_for(dec) if gqa else None,
     )
 
 

@@ -85,6 +85,24 @@ class Variant(ABC):
         """Write the variant to `dst` (and any external data beside it) from `main`."""
 
 
+class GraphVariant(ABC):
+    """An extra file with its own I/O contract, written from the module's weights rather
+    than derived from the main file (e.g. a decoder over a shared past/present KV buffer).
+    The spec's sample inputs do not fit it, so it brings its own check."""
+
+    kind: str
+    reason: str
+
+    @abstractmethod
+    def build_from(self, module: nn.Module, dst: Path) -> None:
+        """Write the variant to `dst` (and any external data beside it) from `module`."""
+
+    @abstractmethod
+    def validate(self, module: nn.Module, spec: "ExportSpec", path: Path, *, strict: bool = True) -> list[Any]:
+        """Check the file at `path` against `module`; return `ValidationRow`s (raise
+        `ToleranceError` on a failed value when `strict`, as `validate_file`)."""
+
+
 @dataclass(frozen=True)
 class ShapePlan:
     """A spec's shapes resolved against one module: the dims to trace with, the other
@@ -121,7 +139,7 @@ class ExportSpec(ABC):
     default_tolerance: ClassVar[Tolerance] = DEFAULT_TOLERANCE
     # One profile as {dim: (min, opt, max)}, or several as a tuple of `Profile`s.
     profiles: ClassVar[Mapping[str, tuple[int, int, int]] | Sequence[Profile]] = {}
-    variants: ClassVar[Sequence[Variant]] = ()
+    variants: ClassVar[Sequence[Variant | GraphVariant]] = ()
 
     def __init__(self, name: str):
         self.name = name
@@ -284,7 +302,7 @@ class ExportSpec(ABC):
                 raise SpecError(f"{where}: tolerance for {out!r} is looser than the default and needs a reason")
         kinds = [getattr(v, "kind", None) for v in self.variants]
         for v, kind in zip(self.variants, kinds):
-            if not isinstance(v, Variant) or not isinstance(kind, str) or not _KIND_RE.match(kind):
+            if not isinstance(v, (Variant, GraphVariant)) or not isinstance(kind, str) or not _KIND_RE.match(kind):
                 raise SpecError(f"{where}: variant {v!r} needs a lowercase `kind` like 'ort-optimized'")
             if kinds.count(kind) > 1:
                 raise SpecError(f"{where}: variant kind {kind!r} declared twice")

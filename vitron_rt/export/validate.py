@@ -38,7 +38,7 @@ from vitron_rt.export.errors import (
     ShapeError,
     ToleranceError,
 )
-from vitron_rt.export.spec import ExportSpec, case_label
+from vitron_rt.export.spec import ExportSpec, GraphVariant, case_label
 
 if TYPE_CHECKING:
     from vitron_rt.export.onnx_export import ExportedComponent
@@ -341,9 +341,12 @@ def validate_component(
     cases = list(spec.resolve(module).cases)
     rows = validate_file(module, spec, exported.path, cases=cases, runner=runner, strict=strict)
     for v in exported.entry.variants:
-        rows += validate_file(
-            module, spec, exported.root / v.file.path, label=v.kind, cases=cases, runner=runner, strict=strict
-        )
+        path = exported.root / v.file.path
+        declared = next((d for d in spec.variants if d.kind == v.kind), None)
+        if isinstance(declared, GraphVariant):  # its own I/O contract, so its own check
+            rows += declared.validate(module, spec, path, strict=strict)
+            continue
+        rows += validate_file(module, spec, path, label=v.kind, cases=cases, runner=runner, strict=strict)
     return rows
 
 

@@ -75,18 +75,23 @@ class PreparedTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
 
-def tiny_tokenizer(num_signal_tokens: int) -> PreparedTokenizer:
-    """A byte-level tokenizer for the tiny preset, with Vitron's special tokens added."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
+def byte_level_tokenizer() -> Tokenizer:
+    """The tiny preset's base tokenizer, before Vitron's tokens: byte-level, no merges, so
+    it needs no training data and encodes any text. <unk>, <s>, </s>, then 256 bytes."""
     vocab = {tok: i for i, tok in enumerate(TINY_BASE_SPECIALS)}
-    for ch in sorted(alphabet):
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_BASE_SPECIALS])
+    return tok
+
+
+def tiny_tokenizer(num_signal_tokens: int) -> PreparedTokenizer:
+    """A byte-level tokenizer for the tiny preset, with Vitron's special tokens added."""
     return add_vitron_tokens(
-        tok, num_signal_tokens, chat_template=VICUNA_V1_TEMPLATE, bos_token="<s>", eos_token="</s>"
+        byte_level_tokenizer(), num_signal_tokens, chat_template=VICUNA_V1_TEMPLATE, bos_token="<s>", eos_token="</s>"
     )
 
 

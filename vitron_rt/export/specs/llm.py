@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from vitron_rt.bundle import DimRange, Profile, Tolerance
+from vitron_rt.export.llm_gqa import OrtGqaDecoder
 from vitron_rt.export.spec import IO, ExportSpec, register_spec
 
 # A deep fp32 decoder accumulates summation-order differences layer by layer: on
@@ -66,6 +67,9 @@ class LlmDecoderSpec(ExportSpec):
     )
     tolerances = {"logits": LOGITS_TOLERANCE}
     default_tolerance = DECODER_TOLERANCE
+    # ONNX Runtime serves the decoder over one shared KV buffer per layer (no copy of the
+    # past per step); its own graph and check, see export/llm_gqa.py.
+    variants = (OrtGqaDecoder(),)
     # Traced with a non-empty past; validated on an empty one (a first prefill), a single
     # decode token, another batch and a longer past.
     export_shapes = {"batch": 2, "sequence": 3, "total_sequence": 8, "past_sequence": 5}
