@@ -5,7 +5,7 @@ A bundle is a folder:
     manifest.json            this module's `Manifest`, as JSON (stable key order)
     <component>.onnx         one per component, standard ONNX opsets only
     <component>.onnx.data    external weights, for components above the size threshold
-    <component>.<kind>.onnx  optional variants (e.g. kind "ort-optimized")
+    <component>.<kind>.onnx  optional variants (e.g. kind "ort-optimized", "ort-gqa")
     tokenizer.json           + the chat template file, when the model has one
     engines/                 the TensorRT engine cache, keyed by what produced each plan
 

@@ -20,15 +20,17 @@ QUESTION = "What is the capital of France?"
 TEST_OPTIONS = OrtOptions(intra_op_threads=1, cache_optimized=False)
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_bundle):
-    with Session(tiny_bundle, options=TEST_OPTIONS, verify=False) as s:
+# Every test runs with both bound caches: the "ort-gqa" variant's shared buffers and
+# the standard graph's OrtKvCache.
+@pytest.fixture(scope="module", params=[True, False], ids=["shared-kv", "standard-kv"])
+def tiny(tiny_bundle, request):
+    with Session(tiny_bundle, options=TEST_OPTIONS, verify=False, shared_kv=request.param) as s:
         yield s
 
 
-@pytest.fixture(scope="module")
-def smol(smollm2_bundle):
-    with Session(smollm2_bundle, options=TEST_OPTIONS, verify=False) as s:
+@pytest.fixture(scope="module", params=[True, False], ids=["shared-kv", "standard-kv"])
+def smol(smollm2_bundle, request):
+    with Session(smollm2_bundle, options=TEST_OPTIONS, verify=False, shared_kv=request.param) as s:
         yield s
 
 
@@ -55,7 +57,7 @@ def test_tiny_greedy_equals_pytorch(tiny):
     assert isinstance(tiny.generator.new_cache(), OrtKvCache)
     assert got.token_ids == want
     # The engine-neutral path (plain infer, numpy past) decodes the same tokens.
-    host = tiny.generator.generate(ids, params, cache=HostKvCache(tiny.generator.decoder, tiny.manifest.llm, 512))
+    host = tiny.generator.generate(ids, params, cache=HostKvCache(tiny.runner("llm_decoder"), tiny.manifest.llm, 512))
     assert host.token_ids == want
 
 
@@ -185,7 +187,7 @@ def test_kv_cache_steps_equal_one_prefill(tiny):
     gen, llm = tiny.generator, tiny.manifest.llm
     ids = _chat_ids(tiny, "cache")
     extra = [70, 71, 72]
-    full = HostKvCache(gen.decoder, llm, 512).forward(gen.embedder.embed(ids + extra))
+    full = HostKvCache(tiny.runner("llm_decoder"), llm, 512).forward(gen.embedder.embed(ids + extra))
     want_hidden, want_logits = full.hidden.copy(), full.logits.copy()
 
     cache = gen.new_cache()
@@ -228,5 +230,5 @@ def test_custom_sampler_and_hidden_recording(tiny):
     assert r.token_ids == forced and r.finish_reason == "eos"
     assert sorted(r.hidden) == [1, 2]
     gen = tiny.generator
-    full = HostKvCache(gen.decoder, tiny.manifest.llm, 512).forward(gen.embedder.embed(ids + forced[:3]))
+    full = HostKvCache(tiny.runner("llm_decoder"), tiny.manifest.llm, 512).forward(gen.embedder.embed(ids + forced[:3]))
     np.testing.assert_allclose(np.stack([r.hidden[1], r.hidden[2]]), full.hidden[len(ids) + 1 :], atol=1e-5)

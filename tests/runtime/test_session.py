@@ -229,7 +229,7 @@ def _reference_hidden(session: Session, img: np.ndarray, user: str, fed: list[in
     ids = tok.apply_chat_template([{"role": "user", "content": user}])
     image = session.media.encode_images([img], {})[0]
     prompt = splice(gen.embedder.embed(ids), ids, {session.image_id: [image.embeds]})
-    cache = HostKvCache(gen.decoder, session.manifest.llm, 512)
+    cache = HostKvCache(session.runner("llm_decoder"), session.manifest.llm, 512)
     cache.forward(prompt)
     return cache.forward(gen.embedder.embed(fed)).hidden.copy()
 

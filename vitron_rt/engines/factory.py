@@ -19,18 +19,24 @@ from vitron_rt.engines.keys import ORT_CACHE_DIR
 ENGINES = ("ort", "trt")
 
 
-def make_runner(bundle: Bundle, component: str, engine: str = "ort", options: Any = None, **kwargs: Any) -> Runner:
+def make_runner(
+    bundle: Bundle, component: str, engine: str = "ort", options: Any = None, variant: str | None = None, **kwargs: Any
+) -> Runner:
     """An inactive runner of one bundle component. `options`: an `OrtOptions` for "ort"
     (optimized models cached under `engines/ort`), a `TrtOptions` for "trt" (the engine
-    is found in `engines/` by its key at activation). `kwargs` go to the runner (TensorRT:
+    is found in `engines/` by its key at activation). `variant`: run that variant's file
+    instead of the main one (ONNX Runtime only; its I/O specs come from the file, since
+    a variant may have its own contract). `kwargs` go to the runner (TensorRT:
     `memory=`, `stream=`). Constructing it reads nothing and needs no GPU."""
     bundle.component(component)  # an unknown name fails here, naming the bundle's components
+    if variant is not None and engine != "ort":
+        raise EngineError(f"{component}: variant {variant!r} runs on ONNX Runtime only, not {engine!r}")
     if engine == "ort":
         from vitron_rt.engines.ort import OrtRunner
 
         return OrtRunner(
-            bundle.component_path(component),
-            entry=bundle.component(component),
+            bundle.component_path(component, variant),
+            entry=bundle.component(component) if variant is None else None,
             name=component,
             options=options,
             cache_dir=bundle.engines_dir / ORT_CACHE_DIR,

@@ -3,6 +3,7 @@
     spec.py           ExportSpec, IO, register_spec / get_spec: one declarative spec per component
     onnx_export.py    export_component(module, spec, out_dir) -> ExportedComponent
     validate.py       validate_component / validate_file against the reference; format_table
+    llm_gqa.py        the decoder's "ort-gqa" variant: GroupQueryAttention over shared KV buffers
     bundle_writer.py  BundleWriter: stage a bundle, commit it with one rename
     errors.py         SpecError, ExportError, OpsetError, ValidationError and its kinds
 

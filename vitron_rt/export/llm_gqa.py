@@ -97,7 +97,9 @@ class _Graph:
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
         return self.op("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps, stash_type=1)
 
-    def op(self, op_type: str, inputs: list[str], name: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> Any:
+    def op(
+        self, op_type: str, inputs: list[str], name: str, outputs: list[str] | None = None, domain: str = "", **attrs
+    ) -> Any:
         outs = outputs or [f"{name}/out"]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain, **attrs))
         return outs[0] if outputs is None else outs
@@ -119,7 +121,8 @@ def build_gqa_decoder(module: Any, dst: Path, buffer_length: int) -> None:
 
     # Sequence lengths from the mask, as genai does: seqlens_k = sum(mask) - 1 per row
     # (the index of the last valid position), total = the mask's width.
-    mask_sum = g.op("ReduceSum", ["attention_mask", g.weight("const.axis1", np.array([1], np.int64))], "mask/ReduceSum", keepdims=0)
+    axis1 = g.weight("const.axis1", np.array([1], np.int64))
+    mask_sum = g.op("ReduceSum", ["attention_mask", axis1], "mask/ReduceSum", keepdims=0)  # (B,)
     last = g.op("Sub", [mask_sum, g.weight("const.one", np.array(1, np.int64))], "mask/Sub")
     seqlens_k = g.op("Cast", [last], "mask/seqlens_k", to=TensorProto.INT32)  # (B,)
     width = g.op("Shape", ["attention_mask"], "mask/Shape", start=1, end=2)  # (1,)
@@ -187,7 +190,9 @@ def build_gqa_decoder(module: Any, dst: Path, buffer_length: int) -> None:
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
     if g.bytes > EXTERNAL_DATA_THRESHOLD:
-        onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data")
+        onnx.save(
+            model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data"
+        )
     else:
         onnx.save(model, str(dst))
 
@@ -261,9 +266,9 @@ class OrtGqaDecoder(GraphVariant):
             ref = greedy_generate(module, embed, prompt[0].tolist(), GREEDY_TOKENS, eos_token_id=None)
         buffer = min(self.buffer_length_for(module), PROMPT_LEN + GREEDY_TOKENS)
         rows: list[ValidationRow] = []
-        label = f"{spec.name}"
+        label = spec.name
 
-        def check(case: str, embeds: torch.Tensor, past: list[torch.Tensor], p: int, got: tuple[np.ndarray, np.ndarray]):
+        def check(case: str, embeds: torch.Tensor, past: list, p: int, got: tuple[np.ndarray, np.ndarray]) -> list:
             t = embeds.shape[1]
             mask = torch.ones(1, p + t, dtype=torch.int64)
             pos = torch.arange(p, p + t)[None]

@@ -163,7 +163,10 @@ class Generator:
         *,
         context_limit: int | None = None,
         io_binding: bool = True,
+        shared_kv: bool = False,
     ):
+        """`shared_kv`: `decoder` runs the "ort-gqa" variant, whose cache is one shared
+        buffer per layer (`SharedBufferKvCache`); the context is capped at its length."""
         self.llm = llm
         self.tokenizer = tokenizer
         self.embedder = TokenEmbedder(embed, llm)
@@ -173,14 +176,19 @@ class Generator:
             if context_limit < 1:
                 raise ValueError(f"context_limit must be positive, got {context_limit}")
             limit = min(limit, int(context_limit))
+        if shared_kv and llm.kv_buffer_length is not None:
+            limit = min(limit, llm.kv_buffer_length)
         self.limit = limit
         self.io_binding = io_binding
+        self.shared_kv = shared_kv
         eos = tokenizer.eos_token_id
         self.eos_ids: frozenset[int] = frozenset(() if eos is None else (eos,))
 
     def new_cache(self) -> KvCache:
         """An empty cache for one sequence, IOBinding-backed when the decoder is ONNX Runtime."""
-        return make_kv_cache(self.decoder, self.llm, self.limit, io_binding=self.io_binding)
+        return make_kv_cache(
+            self.decoder, self.llm, self.limit, io_binding=self.io_binding, shared_buffer=self.shared_kv
+        )
 
     def check_fits(self, cached: int, new_positions: int) -> None:
         """`ContextLengthError` unless `new_positions` after `cached` ones fit the context

@@ -14,9 +14,14 @@ and the logits and hidden states of a one-token step into (1,1,V) / (1,1,D) buff
 allocated once; only the last logits row is read. Per token the Python side allocates no
 tensor memory; ONNX Runtime allocates the L×2 presents (and frees the pasts they replace).
 
-A graph whose past and present share one pre-allocated (B,Hkv,max,hd) buffer per layer
-(ONNX Runtime's GroupQueryAttention, a later issue) fits the same interface: its
-`_forward` binds that buffer as both past and present plus the sequence lengths,
+`SharedBufferKvCache` removes the graph's copy too, over the decoder's "ort-gqa" variant
+(`export/llm_gqa.py`), whose past and present share one pre-allocated buffer per layer:
+
+    kv buffer ×L (1,Hkv,limit,hd) ──► past_key_values.i.*  ┐ GroupQueryAttention writes
+                                  ◄── present.i.*          ┘ the T new rows in place
+
+Each buffer is allocated once and bound as both past and present; the step's position
+comes from the attention mask's width (P+T), a view of the cache's all-ones buffer.
 `truncate` only moves `length`, and `commit=False` simply leaves `length` where it was
 (the positions written past it are overwritten by the next step). Callers see no
 difference: `KvCache.forward` is the one decoder step of prefill and decode alike.
@@ -194,6 +199,44 @@ class OrtKvCache(KvCache):
         self._past = [_ortvalue(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past]
 
 
+class SharedBufferKvCache(OrtKvCache):
+    """The "ort-gqa" variant on an ONNX Runtime session: one (1,Hkv,limit,hd) OrtValue per
+    layer and K/V, bound once as both past and present (see the module docstring). Per
+    step only the embeddings and the mask view are rebound; nothing is allocated and no
+    past is copied. `limit` is capped at the variant's `llm.kv_buffer_length`."""
+
+    def __init__(self, runner: OrtRunner, llm: LlmInfo, limit: int):
+        if llm.kv_buffer_length is None:
+            raise EngineError(f"{llm.component}: the manifest gives no kv_buffer_length for a shared KV buffer")
+        super().__init__(runner, llm, min(int(limit), llm.kv_buffer_length))
+        import onnxruntime
+
+        shape = (1, llm.num_kv_heads, self.limit, llm.head_dim)  # (1, Hkv, limit, hd)
+        dtype = np.dtype(llm.kv_dtype).type
+        self._buffers = [
+            onnxruntime.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cpu") for _ in self._past_names
+        ]
+        for past, present, value in zip(self._past_names, self._present_names, self._buffers):
+            self._binding.bind_ortvalue_input(past, value)
+            self._binding.bind_ortvalue_output(present, value)  # same slot as OrtKvCache's
+
+    def _forward(self, embeds: np.ndarray, commit: bool) -> StepOutput:
+        b, llm = self._binding, self.llm
+        p, t = self.length, embeds.shape[1]
+        self._embeds = embeds
+        b.bind_input(llm.inputs_embeds, "cpu", 0, np.float32, embeds.shape, embeds.ctypes.data)
+        b.bind_input(llm.attention_mask, "cpu", 0, np.int64, (1, p + t), self._mask.ctypes.data)  # (1, P+T)
+        logits, hidden = self._bind_outputs(t)
+        try:
+            self._session.run_with_iobinding(b)
+        except Exception as e:  # onnxruntime raises its own Fail / RuntimeError types
+            raise EngineError(f"{llm.component}: onnxruntime bound run failed: {_first_line(e)}") from e
+        return StepOutput(logits=logits[0, -1], hidden=hidden[0])
+
+    def _truncate(self, n: int) -> None:
+        pass  # rows from n on are dead: the mask's width hides them, the next step overwrites them
+
+
 class HostKvCache(KvCache):
     """The cache as numpy arrays over any runner's `infer` (TensorRT, or ONNX Runtime
     without IOBinding): the engine returns every output as a new host array, including
@@ -222,9 +265,16 @@ class HostKvCache(KvCache):
         self._past = [np.ascontiguousarray(v[:, :, :n]) for v in self._past]
 
 
-def make_kv_cache(runner: Runner, llm: LlmInfo, limit: int, io_binding: bool = True) -> KvCache:
-    """The best cache for this decoder runner: IOBinding on an ONNX Runtime session,
-    plain `infer` otherwise (or when `io_binding=False`, for comparison)."""
+def make_kv_cache(
+    runner: Runner, llm: LlmInfo, limit: int, io_binding: bool = True, shared_buffer: bool = False
+) -> KvCache:
+    """The best cache for this decoder runner: `shared_buffer` when the runner holds the
+    "ort-gqa" variant, else IOBinding on an ONNX Runtime session, plain `infer` otherwise
+    (or when `io_binding=False`, for comparison)."""
+    if shared_buffer:
+        if not isinstance(runner, OrtRunner):
+            raise EngineError(f"{llm.component}: a shared KV buffer needs an ONNX Runtime runner")
+        return SharedBufferKvCache(runner, llm, limit)
     if io_binding and isinstance(runner, OrtRunner):
         return OrtKvCache(runner, llm, limit)
     return HostKvCache(runner, llm, limit)

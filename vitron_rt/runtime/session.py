@@ -62,6 +62,8 @@ from vitron_rt.runtime.sampling import SamplingParams
 from vitron_rt.runtime.tasks import MEDIA_NEEDED, TaskOutput, TaskRequest, get_pipeline, resolve_task
 from vitron_rt.runtime.tokenizer import Tokenizer
 
+# The decoder variant with a shared past/present KV buffer (export/llm_gqa.py).
+SHARED_KV_VARIANT = "ort-gqa"
 # Stands in for a reply when the template is asked where it writes one.
 _REPLY_SENTINEL = "\x00vitron-rt-reply\x00"
 
@@ -104,6 +106,9 @@ class Session:
     (`OrtOptions` / `TrtOptions`), overriding `threads`. `verify`: hash every bundle file
     on load (sizes are always checked). `io_binding=False` runs the decoder through plain
     `infer` instead of the bound KV cache (the baseline it is measured against).
+    `shared_kv`: on ONNX Runtime with IOBinding, run the decoder's "ort-gqa" variant when
+    the bundle has one (one in-place KV buffer per layer, no copy of the past per step);
+    False keeps the standard graph and `OrtKvCache`.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class Session:
         options: Any = None,
         verify: bool = True,
         io_binding: bool = True,
+        shared_kv: bool = True,
     ):
         if engine not in ENGINES:
             raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
@@ -137,15 +143,31 @@ class Session:
         self.region_id = self.tokenizer.token_id(info.region_token)
         self.signal_ids: tuple[int, ...] = signal_token_ids(info) if info.signal_tokens else ()
         self._runners: dict[str, Runner] = {}
+        self._variant_runners: list[Runner] = []  # e.g. the decoder's ort-gqa file
         self.runners = _RunnerView(self)
+        llm = manifest.llm
+        shared = (
+            shared_kv
+            and io_binding
+            and engine == "ort"
+            and llm.kv_buffer_length is not None
+            and any(v.kind == SHARED_KV_VARIANT for v in self.bundle.component(llm.component).variants)
+        )
         try:
+            if shared:  # the generator's own runner; `runner(llm.component)` stays the standard graph
+                decoder = make_runner(self.bundle, llm.component, engine, self.options, variant=SHARED_KV_VARIANT)
+                self._variant_runners.append(decoder)
+                decoder.activate()
+            else:
+                decoder = self.runner(llm.component)
             self.generator = Generator(
-                manifest.llm,
+                llm,
                 self.tokenizer,
-                self.runner(manifest.llm.embed_component),
-                self.runner(manifest.llm.component),
+                self.runner(llm.embed_component),
+                decoder,
                 context_limit=context_limit,
                 io_binding=io_binding,
+                shared_kv=shared,
             )
         except BaseException:
             self.close()
@@ -166,9 +188,10 @@ class Session:
 
     def close(self) -> None:
         """Deactivate every runner (the session cannot be used afterwards)."""
-        for runner in self._runners.values():
+        for runner in [*self._runners.values(), *self._variant_runners]:
             runner.deactivate()
         self._runners.clear()
+        self._variant_runners.clear()
 
     def __enter__(self) -> "Session":
         return self
