@@ -31,7 +31,8 @@ from vitron_rt.export import (
     validate_file,
 )
 from vitron_rt.export.onnx_export import check_standard_domains
-from vitron_rt.export.validate import OrtCpuRunner, ValidationRow, compare, failure_message
+from vitron_rt.engines.ort import OrtRunner
+from vitron_rt.export.validate import ValidationRow, compare, failure_message
 
 WIDTH = 16
 
@@ -283,7 +284,7 @@ def test_renamed_output_is_an_output_name_error(linear, tmp_path):
 def test_wrong_output_shape_is_a_shape_error(linear):
     """A runner is swappable; this one drops a row of every output."""
 
-    class Truncating(OrtCpuRunner):
+    class Truncating(OrtRunner):
         def infer(self, feeds):
             return {k: v[:, :-1] for k, v in super().infer(feeds).items()}
 

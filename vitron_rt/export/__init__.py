@@ -42,7 +42,6 @@ from vitron_rt.export.spec import (
     registered_specs,
 )
 from vitron_rt.export.validate import (
-    OrtCpuRunner,
     ValidationRow,
     format_table,
     validate_component,
@@ -62,7 +61,6 @@ __all__ = [
     "IO",
     "InputNameError",
     "OpsetError",
-    "OrtCpuRunner",
     "OrtOptimized",
     "OutputNameError",
     "ShapeError",

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from vitron_rt.bundle import LlmInfo, Tolerance
-from vitron_rt.export.validate import OrtCpuRunner, ValidationRow, compare
+from vitron_rt.engines.ort import OrtRunner
+from vitron_rt.export.validate import ValidationRow, compare
 from vitron_rt.models.llm import EmbedTokens, LlmDecoder, greedy_generate
 
 GREEDY_TOKENS = 32
@@ -27,7 +28,7 @@ def onnx_greedy(
     llm: LlmInfo,
     prompt: list[int],
     max_new_tokens: int,
-    runner: Callable = OrtCpuRunner,
+    runner: Callable = OrtRunner,
 ) -> list[int]:
     """Greedy decoding through the two ONNX files; no stop token (always N tokens)."""
     tokens: list[int] = []
@@ -64,7 +65,7 @@ def greedy_parity(
     llm: LlmInfo,
     prompt: list[int],
     max_new_tokens: int = GREEDY_TOKENS,
-    runner: Callable = OrtCpuRunner,
+    runner: Callable = OrtRunner,
 ) -> ValidationRow:
     """One `check` table row: the ONNX greedy tokens against PyTorch's."""
     with torch.no_grad():

@@ -28,7 +28,8 @@ from vitron_rt.export.onnx_export import ExportedComponent, export_component
 from vitron_rt.export.source import Reference, from_source
 from vitron_rt.export.spec import get_spec
 from vitron_rt.export.llm_gqa import KIND as GQA_KIND
-from vitron_rt.export.validate import OrtCpuRunner, ValidationRow, ToleranceError, validate_component
+from vitron_rt.engines.ort import OrtRunner
+from vitron_rt.export.validate import ToleranceError, ValidationRow, validate_component
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -78,7 +79,7 @@ def export_bundle(
     return path, rows
 
 
-def check_bundle(bundle: Bundle, runner: Callable = OrtCpuRunner, ref: Reference | None = None) -> list[ValidationRow]:
+def check_bundle(bundle: Bundle, runner: Callable = OrtRunner, ref: Reference | None = None) -> list[ValidationRow]:
     """Every component of `bundle` against its rebuilt PyTorch reference, on the spec's
     validation shapes, plus greedy parity. Returns all rows (failures included) so the
     caller can print the whole table; structural errors (names, axes, shapes) raise."""

@@ -12,8 +12,8 @@ Polygraphy's error report):
 A failed value comparison names the smallest atol and rtol that would have passed. The
 rows of every comparison come back (and ride on the ToleranceError) for `format_table`.
 
-ONNX Runtime is touched in one place, `OrtCpuRunner`; anything with the same
-context-manager-and-`infer` shape (the engines' runners) can be passed instead.
+Files run through the engines' runners: `OrtRunner(path)` (CPU) by default, or any
+`runner(path)` with the same context-manager-and-`infer` shape (`check --engine`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnx
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vitron_rt.bundle import Tolerance
+from vitron_rt.engines.ort import OrtRunner
 from vitron_rt.export.errors import (
     AxisError,
     InputNameError,
@@ -49,28 +50,6 @@ class Runner(Protocol):
 
 
 RunnerFactory = Callable[[Path], AbstractContextManager[Runner]]
-
-
-class OrtCpuRunner:
-    """A plain `onnxruntime.InferenceSession` on the CPU provider, with the runner
-    lifecycle (cheap init; the session is created on enter and dropped on exit)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._session: Any = None
-
-    def __enter__(self) -> "OrtCpuRunner":
-        import onnxruntime as ort
-
-        self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._session = None
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self._session.get_outputs()]
-        return dict(zip(names, self._session.run(names, dict(feeds))))
 
 
 @dataclass(frozen=True)
@@ -255,7 +234,7 @@ def validate_file(
     *,
     label: str = "main",
     cases: list[dict[str, int]] | None = None,
-    runner: RunnerFactory = OrtCpuRunner,
+    runner: RunnerFactory = OrtRunner,
     strict: bool = True,
 ) -> list[ValidationRow]:
     """Validate one ONNX file against `module` on each of the spec's validation shapes
@@ -332,7 +311,7 @@ def validate_component(
     spec: ExportSpec,
     exported: ExportedComponent,
     *,
-    runner: RunnerFactory = OrtCpuRunner,
+    runner: RunnerFactory = OrtRunner,
     strict: bool = True,
 ) -> list[ValidationRow]:
     """Validate a component's main file and each of its variants. `exported` comes from
