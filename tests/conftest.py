@@ -14,7 +14,7 @@ import pytest
 def tiny_export(tmp_path_factory):
     """(bundle path, validation rows) of `vitron-rt export --preset tiny`."""
     from vitron_rt.export.pipeline import export_bundle
-    from vitron_rt.export.source import from_preset
+    from vitron_rt.models.source import from_preset
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     path, rows = export_bundle(from_preset("tiny"), out)
@@ -78,7 +78,7 @@ def smollm2_export(smollm2_path, tmp_path_factory):
     """(bundle path, validation rows) of `vitron-rt export --llm <SmolLM2 GGUF>` (about two
     minutes on 2 cores: dequantise, export 30 layers, validate, 32 greedy tokens)."""
     from vitron_rt.export.pipeline import export_bundle
-    from vitron_rt.export.source import from_checkpoints
+    from vitron_rt.models.source import from_checkpoints
 
     out = tmp_path_factory.mktemp("bundles") / "smollm2"
     return export_bundle(from_checkpoints(llm=str(smollm2_path)), out)

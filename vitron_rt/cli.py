@@ -303,10 +303,96 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
     _add_engine(p)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Benchmark a bundle. Prints the Markdown report unless only --json is asked for
+    (then it is quiet: the JSON file is the output)."""
+    import json
+    from pathlib import Path
+
+    from vitron_rt.bundle import BundleError
+
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise CliError("vitron-rt bench: torch is not installed (the PyTorch peer); pip install 'vitron-rt[bench]'",
+                       code=EXIT_USAGE) from None  # fmt: skip
+    from vitron_rt.bench.report import render_markdown, write_plots
+    from vitron_rt.bench.run import BenchOptions, Progress, run_bench
+
+    if args.repeats < 1 or args.threads < 1 or args.max_new_tokens < 2:
+        raise CliError("vitron-rt bench: --repeats and --threads must be >= 1, --max-new-tokens >= 2", code=EXIT_USAGE)
+    quiet = bool(args.json) and not args.report
+    sections = tuple(s for s in BenchOptions().sections if s not in (args.skip or []))
+    opts = BenchOptions(
+        threads=args.threads,
+        repeats=args.repeats,
+        new_tokens=args.max_new_tokens,
+        peers=not args.no_peers,
+        realistic=args.realistic,
+        sections=sections,
+    )
+    report = Path(args.report) if args.report else None
+    json_path = Path(args.json) if args.json else None
+    for path in (json_path.parent if json_path else None, report):
+        if path is not None:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CliError(f"vitron-rt bench: cannot write to {path}: {e.strerror}") from None
+    progress = Progress() if quiet else _bench_progress()
+    quiet_libraries()
+    try:
+        result = run_bench(args.bundle, opts, progress)
+    except (BundleError, OSError) as e:
+        raise CliError(f"vitron-rt bench: {_one_line(e)}") from None
+    finally:
+        close = getattr(progress, "close", None)
+        if close:
+            close()
+    if report is not None:
+        result["plots"] = [str(p) for p in write_plots(result, report)]
+        (report / "bench.md").write_text(render_markdown(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+    if not quiet:
+        print(render_markdown(result))
+    return 0
+
+
+def _bench_progress():
+    """A spinner line per section on stderr (rich), or plain lines without rich."""
+    from vitron_rt.bench.run import Progress
+
+    try:
+        from rich.console import Console
+    except ModuleNotFoundError:
+        return Progress(step=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
+    console = Console(stderr=True)
+    status = console.status("bench: starting")
+    status.start()
+
+    def step(text: str) -> None:
+        console.log(f"bench: {text}")
+        status.update(f"bench: {text}")
+
+    progress = Progress(step=step)
+    progress.close = status.stop  # type: ignore[attr-defined]
+    return progress
+
+
 def _configure_bench(p: argparse.ArgumentParser) -> None:
     _add_bundle(p)
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--report", metavar="DIR", help="write a Markdown table and plots")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (alone: no other output)")
+    p.add_argument("--report", metavar="DIR", help="write bench.md (Markdown tables) and PNG plots there")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every engine and peer (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (default 5)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens per generation (default 64)")
+    p.add_argument("--no-peers", action="store_true", help="skip PyTorch eager and onnxruntime-genai")
+    p.add_argument("--realistic", action="store_true",
+                   help="also time the components at a realistic size (exported once, then cached)")
+    p.add_argument("--skip", action="append", metavar="SECTION",
+                   choices=("llm", "quality", "image_ttft", "tasks", "components", "video", "memory"),
+                   help="leave a section out (repeatable)")
 
 
 def _configure_serve(p: argparse.ArgumentParser) -> None:
@@ -341,7 +427,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
         _configure_run,
         _run,
     ),
-    "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _not_built("bench", "the bench issue")),
+    "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _bench),
     "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _not_built("serve", "the serving issue")),
     "demo": ("the whole path on the embedded default (ONNX Runtime, CPU)", _configure_demo, _demo),
 }

@@ -69,7 +69,7 @@ def ensure_tiny_bundle(folder: Path, log: Callable[[str], None]) -> Path:
         return folder
     try:
         from vitron_rt.export.pipeline import export_bundle
-        from vitron_rt.export.source import from_preset
+        from vitron_rt.models.source import from_preset
     except ImportError as e:
         raise DemoError(
             f"exporting the tiny preset needs the export extra ({e.name} is missing): "

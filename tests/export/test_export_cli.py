@@ -13,7 +13,7 @@ import pytest
 from vitron_rt import cli
 from vitron_rt.bundle import MANIFEST_NAME, load_bundle
 from vitron_rt.export.pipeline import check_bundle, export_bundle
-from vitron_rt.export.source import from_checkpoints
+from vitron_rt.models.source import from_checkpoints
 
 
 def one_line_error(capsys, code: int, argv: list[str]) -> str:

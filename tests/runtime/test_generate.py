@@ -44,7 +44,7 @@ def _chat_ids(session: Session, text: str = QUESTION) -> list[int]:
 def test_tiny_greedy_equals_pytorch(tiny):
     import torch
 
-    from vitron_rt.export.source import from_preset
+    from vitron_rt.models.source import from_preset
     from vitron_rt.models.llm import greedy_generate
 
     ref = from_preset("tiny")

@@ -232,7 +232,7 @@ def bundle_checks(path: Path) -> list[Row]:
         import torch  # noqa: F401
 
         import vitron_rt.export.specs  # noqa: F401  (registers the component specs)
-        from vitron_rt.export.source import from_source
+        from vitron_rt.models.source import from_source
     except ImportError as e:
         return [_skip("bundle", f"the PyTorch reference needs the export extra ({e})")]
     try:

@@ -25,7 +25,7 @@ from vitron_rt.export import specs as _specs  # noqa: F401  (registers every com
 from vitron_rt.export.bundle_writer import BundleWriter
 from vitron_rt.export.greedy import GREEDY_TOKENS, greedy_parity
 from vitron_rt.export.onnx_export import ExportedComponent, export_component
-from vitron_rt.export.source import Reference, from_source
+from vitron_rt.models.source import Reference, from_source
 from vitron_rt.export.spec import get_spec
 from vitron_rt.export.llm_gqa import KIND as GQA_KIND
 from vitron_rt.engines.ort import OrtRunner

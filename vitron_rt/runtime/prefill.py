@@ -112,6 +112,10 @@ class MediaEncoder:
 
     # -- cache
 
+    def clear(self) -> None:
+        """Forget every cached encoding (a benchmark that must time the encoders each time)."""
+        self._cache.clear()
+
     def _get(self, key: str) -> Any:
         value = self._cache.get(key)
         if value is not None:
