@@ -1,6 +1,6 @@
 """What this machine's GPU can do for vitron-rt, checked and timed in one go.
 
-    python -m vitron_rt.bench.gpu_check [BUNDLE] [--json FILE]
+    python -m vitron_rt.bench.gpu_check [BUNDLE] [--json FILE] [--kernels-md FILE]
 
 Runs every check the machine allows and skips the rest, saying why (no torch, no CUDA,
 no CuPy, no cuda-python, no TensorRT, no onnxruntime-gpu); it never crashes on a
@@ -10,6 +10,10 @@ missing piece. Every GPU result is compared against the CPU's:
   cupy_matmul        the same through CuPy, when installed
   cuda_roundtrip     cuda-python: stream, pinned host + device buffers, H2D / D2H copies
                      round-trip exactly; bandwidth from CUDA events
+  kernels: ...       vitron_rt.kernels on the GPU (gpu_kernels.py): each kernel against its
+                     numpy reference, its GB/s against the device copy bandwidth measured
+                     in the same run, and one video frame's preprocess + mask/overlay at
+                     720p and 1080p against OpenCV on the CPU (GPU time includes H2D / D2H)
   BUNDLE, per component (the spec's first validation shape):
   ort_cpu            vitron-rt's ONNX Runtime runner vs the PyTorch reference on the CPU
   torch_cuda         the PyTorch reference on CUDA vs on the CPU
@@ -412,9 +416,12 @@ def format_rows(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def run(bundle: Path | None) -> list[Row]:
-    """Every check, in the order the table shows them."""
+def run(bundle: Path | None, info: dict | None = None) -> list[Row]:
+    """Every check, in the order the table shows them (`info` gets the kernels' device)."""
+    from vitron_rt.bench.gpu_kernels import kernel_checks
+
     rows = [torch_matmul(), cupy_matmul(), cuda_roundtrip()]
+    rows += kernel_checks(info=info)
     if bundle is not None:
         rows += bundle_checks(bundle)
     return rows
@@ -424,17 +431,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitron_rt.bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("bundle", nargs="?", type=Path, help="a bundle to run component by component")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--kernels-md", type=Path, metavar="FILE",
+                        help="also write the kernels section as a Markdown table (for BENCHMARKS.md)")
     args = parser.parse_args(argv)
     for line in environment():
         print(line)
     print()
-    rows = run(args.bundle)
+    info: dict = {}
+    rows = run(args.bundle, info)
     print(format_rows(rows))
     skipped = [r for r in rows if r.status == "skipped"]
     failed = [r for r in rows if r.status == "FAIL"]
     print(f"\n{len(rows) - len(skipped) - len(failed)} ok, {len(skipped)} skipped, {len(failed)} failed")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    if args.kernels_md:
+        from vitron_rt.bench.gpu_kernels import markdown
+
+        args.kernels_md.write_text(markdown(rows, info.get("device", "no GPU (section skipped)")))
     return 1 if failed else 0
 
 

@@ -15,11 +15,13 @@ backend, which the CLIP and SAM references are usually run with):
     centre crop S x S                          x / 255, (x - mean) / std
     x / 255, (x - mean) / std                  pad bottom/right to S x S with 0
 
-Resampling is a numpy port of Pillow's `Image.resize` for 8-bit images (separable
-filters widened by the scale factor when shrinking, i.e. antialiased; fixed-point
-coefficients; an 8-bit image between the horizontal and the vertical pass), so the
-pixels equal what the references see; OpenCV's INTER_CUBIC does not antialias and would
-alias on the large downscales (a 12 MP photo to 224 px) that are the common case here.
+It runs through `vitron_rt.kernels` (one fused pass: resize, crop or pad, normalise):
+on a GPU with cuda-python, the CUDA kernel; elsewhere the CPU path. Both resample as
+Pillow's `Image.resize` does for 8-bit images (separable filters widened by the scale
+factor when shrinking, i.e. antialiased; fixed-point coefficients; an 8-bit image between
+the horizontal and the vertical pass), so the pixels equal what the references see;
+OpenCV's INTER_CUBIC does not antialias and would alias on the large downscales (a 12 MP
+photo to 224 px) that are the common case here.
 
 Writing: `VideoWriter` and `write_png_atomic` write to a temporary file beside the
 target and rename it on success, so a failed request never leaves half a file.
@@ -28,6 +30,7 @@ target and rename it on success, so a failed request never leaves half a file.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import os
 import tempfile
@@ -38,7 +41,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vitron_rt import kernels
 from vitron_rt.bundle import ImagePreprocess
+from vitron_rt.kernels.preprocess import fit_longest_side, fit_shortest_side  # noqa: F401  (part of this module's API)
+from vitron_rt.kernels.resample import PIL_FILTERS, resize_pillow
 from vitron_rt.runtime.errors import MediaError
 
 # FFmpeg logs every damaged packet to stderr; a bad file is reported once, as a MediaError.
@@ -157,86 +163,17 @@ def _check_rgb(img: np.ndarray) -> np.ndarray:
     return img
 
 
-# --------------------------------------------------------------------------- Pillow-exact resampling
-
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point coefficients for 8-bit images
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    """Pillow's bicubic kernel (a = -0.5), support 2."""
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    """Pillow's bilinear (triangle) kernel, support 1."""
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-_FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_bilinear, 1.0)}
-
-
-def _coefficients(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output pixel, the
-    first input pixel (out,) and the fixed-point weights of the taps from it (out, K)."""
-    filt, support = _FILTERS[kind]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)  # widen the kernel when shrinking (antialiasing)
-    support = support * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale  # (out,)
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int) truncation
-    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin  # taps used
-    taps = np.arange(ksize)
-    w = filt(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))  # (out, K)
-    w = np.where(taps[None, :] < xmax[:, None], w, 0.0)
-    total = np.zeros(out_size)
-    for j in range(ksize):  # sequential, as Pillow sums (numpy's pairwise sum rounds differently)
-        total += w[:, j]
-    w = np.where(total[:, None] != 0.0, w / np.where(total == 0.0, 1.0, total)[:, None], w)
-    one = float(1 << _PRECISION_BITS)
-    fixed = np.where(w < 0, np.trunc(-0.5 + w * one), np.trunc(0.5 + w * one)).astype(np.int64)
-    return xmin, fixed
-
-
-def _resample_axis(img: np.ndarray, axis: int, out_size: int, kind: str) -> np.ndarray:
-    """One separable pass of Pillow's 8-bit resampler along `axis` (0: rows, 1: columns).
-
-    int32 accumulation, as Pillow's: pixel (<= 255) x weight (< 2^23) summed over the taps
-    stays below 2^31 for these kernels."""
-    src = np.ascontiguousarray(np.moveaxis(img, axis, 0))  # (in, other, C): taps gather whole rows
-    in_size = src.shape[0]
-    xmin, fixed = _coefficients(in_size, out_size, kind)
-    fixed = fixed.astype(np.int32)
-    acc = np.full((out_size,) + src.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int32)  # rounding
-    bcast = (-1,) + (1,) * (src.ndim - 1)
-    for j in range(fixed.shape[1]):
-        idx = np.minimum(xmin + j, in_size - 1)  # taps past the end carry weight 0
-        acc += src[idx] * fixed[:, j].reshape(bcast)
-    out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+# --------------------------------------------------------------------------- preprocessing
 
 
 def resize(img: np.ndarray, height: int, width: int, kind: str = "bicubic") -> np.ndarray:
     """Resize (H, W, C) uint8 to (height, width, C) exactly as Pillow's `Image.resize` with
     BICUBIC or BILINEAR does for an 8-bit image: horizontal pass, then vertical."""
-    if kind not in _FILTERS:
-        raise ValueError(f"resize kind must be one of {', '.join(_FILTERS)}, got {kind!r}")
+    if kind not in PIL_FILTERS:
+        raise ValueError(f"resize kind must be one of {', '.join(PIL_FILTERS)}, got {kind!r}")
     if height < 1 or width < 1:
         raise MediaError(f"cannot resize to {width} x {height} pixels")
-    out = img
-    if width != img.shape[1]:
-        out = _resample_axis(out, 1, width, kind)
-    if height != img.shape[0]:
-        out = _resample_axis(out, 0, height, kind)
-    return out
-
-
-# --------------------------------------------------------------------------- preprocessing
+    return resize_pillow(img, height, width, kind)
 
 
 class ResizeMode(str, enum.Enum):
@@ -246,55 +183,41 @@ class ResizeMode(str, enum.Enum):
     PAD = "pad"  # SAM: longest side to S (bilinear), pad bottom/right
 
 
-def fit_shortest_side(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) with the shorter side = size, the longer scaled and truncated (transformers'
-    `get_resize_output_image_size(default_to_square=False)`)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    return (new_long, size) if width <= height else (size, new_long)
+def _kernel_spec(pp: ImagePreprocess, mode: ResizeMode) -> kernels.PreprocessSpec:
+    """The fused preprocess that reproduces transformers' processor for `mode`."""
+    if len(pp.mean) != 3 or len(pp.std) != 3:
+        raise ValueError(f"ImagePreprocess needs 3 means and 3 stds, got {pp.mean} and {pp.std}")
+    return _spec(int(pp.image_size), tuple(pp.mean), tuple(pp.std), mode)
 
 
-def fit_longest_side(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) with the longer side = size, the other scaled and rounded half up (SAM's
-    `_get_preprocess_shape`); the mask postprocess undoes exactly this."""
-    scale = size * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def _normalise(img: np.ndarray, pp: ImagePreprocess) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W, 3) float32 (x / 255 - mean) / std, with transformers'
-    arithmetic (rescale in float64, then float32)."""
-    x = (img.astype(np.float64) * (1 / 255)).astype(np.float32)
-    mean = np.asarray(pp.mean, dtype=np.float32)
-    std = np.asarray(pp.std, dtype=np.float32)
-    return (x - mean) / std
+@functools.lru_cache(maxsize=16)
+def _spec(size: int, mean: tuple, std: tuple, mode: ResizeMode) -> kernels.PreprocessSpec:
+    if mode is ResizeMode.CROP:
+        filt, fit = kernels.Filter.PIL_BICUBIC, kernels.Fit.CROP
+    else:
+        filt, fit = kernels.Filter.PIL_BILINEAR, kernels.Fit.PAD  # padding is 0 after normalising
+    return kernels.PreprocessSpec(size, mean, std, filt, fit, "float32", 0.0)
 
 
 def preprocess_image(img: np.ndarray, pp: ImagePreprocess, mode: ResizeMode | str = ResizeMode.CROP) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32 encoder input, S = pp.image_size."""
     img = _check_rgb(img)
-    mode = ResizeMode(mode)
-    s = pp.image_size
-    if len(pp.mean) != 3 or len(pp.std) != 3:
-        raise ValueError(f"ImagePreprocess needs 3 means and 3 stds, got {pp.mean} and {pp.std}")
-    h, w = img.shape[:2]
-    if mode is ResizeMode.CROP:
-        nh, nw = fit_shortest_side(h, w, s)
-        x = resize(img, nh, nw, "bicubic")  # (nh, nw, 3)
-        top, left = (nh - s) // 2, (nw - s) // 2
-        x = _normalise(x[top : top + s, left : left + s], pp)  # (S, S, 3)
-    else:
-        nh, nw = fit_longest_side(h, w, s)
-        x = np.zeros((s, s, 3), dtype=np.float32)
-        x[:nh, :nw] = _normalise(resize(img, nh, nw, "bilinear"), pp)  # padding is 0 after normalising
-    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]  # (1, 3, S, S)
+    spec = _kernel_spec(pp, ResizeMode(mode))
+    out = np.empty((1,) + spec.out_shape, dtype=np.float32)
+    kernels.preprocess(img, spec, kernels.PixelFormat.RGB, out=out[0])
+    return out
 
 
 def preprocess_images(
     images: Sequence[np.ndarray] | np.ndarray, pp: ImagePreprocess, mode: ResizeMode | str = ResizeMode.CROP
 ) -> np.ndarray:
-    """A batch (e.g. the sampled video frames, (T, H, W, 3)) -> (T, 3, S, S) float32."""
-    return np.concatenate([preprocess_image(im, pp, mode) for im in images], axis=0)
+    """A batch (e.g. the sampled video frames, (T, H, W, 3)) -> (T, 3, S, S) float32, each
+    image written straight into its slot."""
+    spec = _kernel_spec(pp, ResizeMode(mode))
+    out = np.empty((len(images),) + spec.out_shape, dtype=np.float32)
+    for i, im in enumerate(images):
+        kernels.preprocess(_check_rgb(im), spec, kernels.PixelFormat.RGB, out=out[i])
+    return out
 
 
 # --------------------------------------------------------------------------- video reading

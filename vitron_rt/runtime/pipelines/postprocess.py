@@ -1,14 +1,15 @@
 """Pixel work around the back-end engines, as pure numpy / OpenCV functions.
 
-Pure (arrays in, new arrays out, no state, no I/O) so that a CUDA kernel of
-`vitron_rt.kernels` can replace any one of them with the same signature, and the tests
-can hold each against its reference (SAM's `post_process_masks`, diffusers' image
-processor):
+Pure (arrays in, new arrays out, no state, no I/O) so that each can be held against its
+reference (SAM's `post_process_masks`, diffusers' image processor). The mask work runs
+through `vitron_rt.kernels` (the CUDA kernel on a GPU with cuda-python, OpenCV
+elsewhere, with the same results: see vitron_rt/kernels/masks.py):
 
     box_to_input_pixels    normalised box -> xyxy pixels of the padded S x S SAM input
     upsample_mask_logits   low-res logits (4E x 4E) -> logits at the input's H x W
-    mask_logits_to_mask    ... thresholded at 0 -> (H, W) bool
-    overlay                colour the masked pixels of a frame, alpha-blended
+    mask_logits_to_mask    ... thresholded at 0 -> (H, W) bool              (kernels)
+    overlay                colour the masked pixels of a frame, alpha-blended (kernels)
+    mask_and_overlay       both in one pass, the frame blended in place      (kernels)
     downsample_mask        (H, W) mask -> (h, w) latent mask, any-coverage
     composite              edited pixels inside the mask, the original's outside
     to_vae_input           uint8 RGB at the working size -> (1, 3, h, w) in [-1, 1]
@@ -22,6 +23,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from vitron_rt import kernels
+from vitron_rt.kernels.masks import logits_2d, upsample_cpu
 from vitron_rt.runtime.media import fit_longest_side
 
 # The overlay's default colour (RGB) and opacity: a saturated blue reads on skin, sky
@@ -47,22 +50,24 @@ def box_to_input_pixels(box: Sequence[float], orig_hw: Sequence[int], padded_siz
     return np.array([[x1 * nw, y1 * nh, x2 * nw, y2 * nh]], dtype=np.float32)  # (1, 4)
 
 
+def mask_geometry(logits: np.ndarray, orig_hw: Sequence[int], padded_size: int) -> kernels.MaskGeometry:
+    """The sizes of SAM's postprocess for `logits` and an image of `orig_hw` (H, W) fed at
+    `padded_size`: the valid corner of the padded input is the resized image."""
+    h, w = _hw(orig_hw)
+    nh, nw = fit_longest_side(h, w, padded_size)
+    m_h, m_w = logits_2d(logits).shape
+    return kernels.MaskGeometry((m_h, m_w), int(padded_size), (nh, nw), (h, w))
+
+
 def upsample_mask_logits(logits: np.ndarray, orig_hw: Sequence[int], padded_size: int) -> np.ndarray:
     """Low-res mask logits -> (H, W) float32 logits at the original image size.
 
     SAM's postprocess (transformers' `post_process_masks`): bilinear (half-pixel centres,
     as `align_corners=False`) to the padded S x S input, crop the padding away (the
     resized image's nh x nw top-left corner), bilinear to H x W. `logits`: (1, 1, m, m),
-    (1, m, m) or (m, m)."""
-    h, w = _hw(orig_hw)
-    lo = np.asarray(logits, dtype=np.float32)
-    while lo.ndim > 2 and lo.shape[0] == 1:
-        lo = lo[0]
-    if lo.ndim != 2:
-        raise ValueError(f"mask logits must be one (m, m) map (batch 1), got shape {np.shape(logits)}")
-    nh, nw = fit_longest_side(h, w, padded_size)
-    up = cv2.resize(lo, (padded_size, padded_size), interpolation=cv2.INTER_LINEAR)  # (S, S)
-    return cv2.resize(up[:nh, :nw], (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W)
+    (1, m, m) or (m, m). The logits themselves are for inspection and tests, so this one
+    stays on the CPU; the masks below run where the kernels run."""
+    return upsample_cpu(logits, mask_geometry(logits, orig_hw, padded_size))
 
 
 def mask_logits_to_mask(
@@ -70,7 +75,16 @@ def mask_logits_to_mask(
 ) -> np.ndarray:
     """Low-res mask logits -> (H, W) bool mask at the original image size (logit > 0:
     probability > 0.5). See `upsample_mask_logits`."""
-    return upsample_mask_logits(logits, orig_hw, padded_size) > threshold
+    return kernels.mask_postprocess(logits, mask_geometry(logits, orig_hw, padded_size), threshold).mask
+
+
+def _check_overlay(frame: np.ndarray, mask_shape: Sequence[int], alpha: float) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"overlay needs an (H, W, 3) uint8 frame, got {frame.dtype} {frame.shape}")
+    if tuple(mask_shape) != frame.shape[:2]:
+        raise ValueError(f"overlay mask is {tuple(mask_shape)}, the frame {frame.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
 
 
 def overlay(
@@ -80,19 +94,27 @@ def overlay(
     alpha: float = OVERLAY_ALPHA,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB with the pixels under `mask` (H, W) blended towards `color`:
-    out = round((1 - alpha) * frame + alpha * color) there, the frame unchanged elsewhere."""
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"overlay needs an (H, W, 3) uint8 frame, got {frame.dtype} {frame.shape}")
-    if mask.shape != frame.shape[:2]:
-        raise ValueError(f"overlay mask is {mask.shape}, the frame {frame.shape[:2]}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
-    tint = np.empty_like(frame)
-    tint[:] = np.asarray(color, dtype=np.uint8)  # (H, W, 3)
-    blended = cv2.addWeighted(frame, 1.0 - alpha, tint, alpha, 0.0)  # rounded to nearest
+    out = round((1 - alpha) * frame + alpha * color) there (OpenCV's addWeighted, to the
+    byte), the frame unchanged elsewhere. `frame` itself is left as it was."""
+    _check_overlay(frame, np.shape(mask), alpha)
     out = frame.copy()
-    np.copyto(out, blended, where=np.asarray(mask, dtype=bool)[..., None])
+    kernels.overlay(out, np.asarray(mask, dtype=bool), tuple(int(c) for c in color), float(alpha))
     return out
+
+
+def mask_and_overlay(
+    logits: np.ndarray,
+    frame: np.ndarray,
+    padded_size: int,
+    threshold: float = 0.0,
+    color: Sequence[int] = OVERLAY_COLOR,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
+    """`mask_logits_to_mask` and `overlay` in one pass: returns the (H, W) bool mask and
+    blends the overlay into `frame` in place (a video frame no later stage reads as it was)."""
+    _check_overlay(frame, frame.shape[:2], alpha)
+    geom = mask_geometry(logits, frame.shape[:2], padded_size)
+    return kernels.mask_postprocess(logits, geom, threshold, frame, tuple(int(c) for c in color), float(alpha)).mask
 
 
 def downsample_mask(mask: np.ndarray, hw: Sequence[int]) -> np.ndarray:

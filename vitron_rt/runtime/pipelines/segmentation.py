@@ -10,6 +10,8 @@
                                                                           ▼
                                       mask.png (0/255) + overlay.png (alpha-blended)
 
+Preprocess, mask and overlay run through vitron_rt.kernels (CUDA on a GPU, else the CPU).
+
 `Segmenter` holds the steps apart (preprocess, encode, decode, postprocess) so the video
 pipelines can run each on its own thread and carry the low-res logits from one frame to
 the next; `SegmentImagePipeline` runs them in order on one image.
@@ -41,6 +43,7 @@ from vitron_rt.runtime.pipelines.postprocess import (
     OVERLAY_ALPHA,
     OVERLAY_COLOR,
     box_to_input_pixels,
+    mask_and_overlay,
     mask_logits_to_mask,
     overlay,
 )
@@ -148,6 +151,11 @@ class Segmenter:
     def postprocess(self, logits: np.ndarray, orig_hw: Sequence[int], threshold: float = 0.0) -> np.ndarray:
         """Low-res logits (1, 1, 4E, 4E) -> (H, W) bool mask at the image's own size."""
         return mask_logits_to_mask(logits, orig_hw, self.image_size, threshold)
+
+    def postprocess_onto(self, logits: np.ndarray, frame: np.ndarray, options: SegmentOptions) -> np.ndarray:
+        """Low-res logits (1, 1, 4E, 4E) -> (H, W) bool mask at `frame`'s size, with the
+        overlay blended into `frame` in place: one pass (one kernel on a GPU)."""
+        return mask_and_overlay(logits, frame, self.image_size, options.threshold, options.color, options.alpha)
 
     def segment(
         self,

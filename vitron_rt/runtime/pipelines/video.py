@@ -15,7 +15,9 @@ so decoding, the engines and encoding overlap and memory does not grow with the 
 length: no list of frames is kept, only a per-frame summary (mask area, IoU score).
 The mask decoder takes the previous frame's low-res logits as its `mask_input` from the
 second frame on (SAM's mask prompt: the track), with the same signal embeddings and box
-on every frame. The output video has the input's frame count and fps.
+on every frame. The output video has the input's frame count and fps. The pixel stages
+(preprocess; mask, overlay) run through vitron_rt.kernels: CUDA kernels on a GPU with
+cuda-python, OpenCV / numpy elsewhere.
 
 generate_video (ZeroScope-style text-to-video) and image_to_video (I2VGen-XL-style) are
 not implemented: the bundle has no temporal UNet to run them with, and an image UNet
@@ -46,7 +48,6 @@ from vitron_rt.runtime.pipelines.diffusion import (
     InpaintPlan,
     seg_signal_for,
 )
-from vitron_rt.runtime.pipelines.postprocess import overlay
 from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, Prompt, Segmenter, SegmentOptions
 from vitron_rt.runtime.pipelines.stages import DEFAULT_MAXSIZE, StreamStats, run_stages
 
@@ -162,9 +163,10 @@ class SegmentVideoPipeline:
                 return f
 
             def postprocess(f: _Frame) -> _Frame:
-                mask = seg.postprocess(f.logits, f.image.shape[:2], opts.threshold)
+                # The decoded frame is this stage's alone: the overlay goes into it in place.
+                mask = seg.postprocess_onto(f.logits, f.image, opts)
                 fractions.append(float(mask.mean()))
-                f.out, f.image, f.logits = overlay(f.image, mask, opts.color, opts.alpha), None, None
+                f.out, f.image, f.logits = f.image, None, None
                 return f
 
             with OutputFiles(out_dir) as files:
