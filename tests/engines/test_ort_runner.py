@@ -21,6 +21,7 @@ from vitron_rt.engines import (
     Provider,
     make_runner,
 )
+from vitron_rt.engines.ort_fusion import FUSION_VERSION
 from vitron_rt.engines.plan import KvCachePlan
 
 RNG = np.random.default_rng(0)
@@ -77,7 +78,8 @@ def test_optimized_model_is_cached_reused_and_rebuilt_for_a_new_sha(bundle_copy)
     with make_runner(bundle_copy, "llm_decoder") as r:
         first, hit = r.model_path, r.cache_hit
     assert hit is False and first.parent == cache
-    assert f".extended.ort{ort.__version__}.cpu.onnx" in first.name  # the portable level, see ort.py
+    # The portable level, with the kernel-fusion version (see ort.py, ort_fusion.py).
+    assert f".extended+fuse{FUSION_VERSION}.ort{ort.__version__}.cpu.onnx" in first.name
     fused = onnx.load(str(first))
     original = onnx.load(str(bundle_copy.component_path("llm_decoder")))
     assert len(fused.graph.node) < len(original.graph.node)  # ORT's fusions really ran

@@ -15,6 +15,15 @@ saved file stops at the `extended` level, which is portable: `all` adds layouts 
 CPU's vector width (NCHWc blocks), which ONNX Runtime's docs say not to carry to other
 hardware, so those are applied again at load, which is quick.
 
+Kernel fusion (`OrtOptions.fuse`, on by default for the CPU provider at the `extended` and
+`all` levels): before ONNX Runtime optimizes the graph, `ort_fusion.fuse_file` rewrites the
+attention, GELU and bias-GELU subgraphs the exporter writes, which ONNX Runtime's own
+optimizer does not recognise, into com.microsoft kernels. The fused graph is what the
+cache holds (its key's level reads e.g. `extended+fuse1`) and what every session of the
+runner runs, `check` and export's parity checks included, since they run files through
+this runner. It needs the `onnx` package; a runtime-only install without it runs the
+unfused graph and logs one line.
+
 CUDA / TensorRT execution providers need onnxruntime-gpu (CUDA 12); asked for without it,
 activation fails with one line naming the package. Provider options pass through
 (`OrtOptions.cuda`, `OrtOptions.tensorrt`).
@@ -23,13 +32,16 @@ activation fails with one line naming the package. Provider options pass through
 from __future__ import annotations
 
 import enum
+import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +50,11 @@ from vitron_rt.engines.base import Runner
 from vitron_rt.engines.deps import ORT_GPU_HINT
 from vitron_rt.engines.errors import EngineError, InputError, MissingDependencyError
 from vitron_rt.engines.keys import onnx_digest, ort_cache_name
+
+if TYPE_CHECKING:
+    from vitron_rt.engines.ort_fusion import FusionReport
+
+_log = logging.getLogger(__name__)
 
 # Models above this size are saved with external initializers: a protobuf cannot exceed 2 GiB.
 _EXTERNAL_DATA_ABOVE = 1 << 30
@@ -130,6 +147,12 @@ class OrtOptions:
     tensorrt: TensorrtEpOptions = field(default_factory=TensorrtEpOptions)
     # 3 = errors only: ORT's warnings (unused initializers, ...) are noise in a serving log.
     log_severity: int = 3
+    # Session config entries passed through (onnxruntime_session_options_config_keys.h),
+    # e.g. {"session.disable_prepacking": "1"}.
+    config: dict[str, str] = field(default_factory=dict)
+    # Fuse attention / GELU subgraphs into com.microsoft kernels first (engines/ort_fusion.py).
+    # CPU provider only: TensorRT takes standard ops, and the GPU paths have their own fusions.
+    fuse: bool = True
 
 
 def _onnxruntime() -> ModuleType:
@@ -162,6 +185,9 @@ class OrtRunner(Runner):
         # graph), and whether that cache existed before this activation.
         self.model_path: Path | None = None
         self.cache_hit: bool | None = None
+        # What kernel fusion did for the graph this runner runs (None: not fused).
+        self.fusion: FusionReport | None = None
+        self._fused_dir: Path | None = None  # a temporary fused graph, when there is no cache
         self._bound: BoundSession | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -170,9 +196,12 @@ class OrtRunner(Runner):
         ort = _onnxruntime()
         providers, provider_options = self._providers(ort)
         level = self.options.optimization
-        model, self.cache_hit = self.path, None
+        fuse = self._fuse_wanted(providers)
+        model, self.cache_hit, self.fusion = self.path, None, None
         if self.cache_dir is not None and self.options.cache_optimized and level is not GraphOptimization.DISABLED:
-            model, self.cache_hit = self._cached_model(ort, providers, provider_options)
+            model, self.cache_hit = self._cached_model(ort, providers, provider_options, fuse)
+        elif fuse:
+            model = self._fuse_to_temp()
         so = self._session_options(ort, level)
         try:
             self.session = ort.InferenceSession(
@@ -183,7 +212,7 @@ class OrtRunner(Runner):
                 raise EngineError(f"{self.name}: onnxruntime cannot load {model.name}: {_first_line(e)}") from e
             # A damaged cache file (a disk filled mid-write, a hand edit): rebuild it once.
             model.unlink()
-            model, self.cache_hit = self._cached_model(ort, providers, provider_options)
+            model, self.cache_hit = self._cached_model(ort, providers, provider_options, fuse)
             self.session = ort.InferenceSession(
                 str(model), sess_options=so, providers=providers, provider_options=provider_options
             )
@@ -207,6 +236,9 @@ class OrtRunner(Runner):
     def _deactivate_impl(self) -> None:
         self._bound = None
         self.session = None
+        if self._fused_dir is not None:
+            shutil.rmtree(self._fused_dir, ignore_errors=True)
+            self._fused_dir = None
 
     # ----------------------------------------------------------------- IOBinding
 
@@ -235,6 +267,8 @@ class OrtRunner(Runner):
         so.inter_op_num_threads = self.options.inter_op_threads
         so.graph_optimization_level = level.ort_level(ort)
         so.log_severity_level = self.options.log_severity
+        for key, value in self.options.config.items():
+            so.add_session_config_entry(key, str(value))
         return so
 
     def _providers(self, ort: ModuleType) -> tuple[list[str], list[dict[str, Any]]]:
@@ -270,35 +304,82 @@ class OrtRunner(Runner):
                 f"libraries missing); it fell back to {', '.join(got)}"
             )
 
+    def _fuse_wanted(self, providers: list[str]) -> bool:
+        """Kernel fusion applies on the CPU provider alone, at the `extended` level and up."""
+        if not self.options.fuse or providers != [Provider.CPU.value]:
+            return False
+        if self.options.optimization.rank < GraphOptimization.EXTENDED.rank:
+            return False
+        from vitron_rt.engines.ort_fusion import onnx_available
+
+        if not onnx_available():
+            _log.warning("%s: the onnx package is not installed; running without kernel fusion", self.name)
+            return False
+        return True
+
+    def _fuse(self, dst: Path) -> Path:
+        """Fuse the file into `dst`; returns the graph to run (the file itself when there
+        was nothing to fuse)."""
+        from vitron_rt.engines.ort_fusion import fuse_file
+
+        try:
+            self.fusion = fuse_file(self.path, dst)
+        except Exception as e:
+            raise EngineError(f"{self.name}: kernel fusion of {self.path.name} failed: {_first_line(e)}") from e
+        return dst if self.fusion.written else self.path
+
+    def _fuse_to_temp(self) -> Path:
+        """The fused graph in a temporary folder, removed at deactivation (no cache_dir)."""
+        self._fused_dir = Path(tempfile.mkdtemp(prefix="vitron-ort-fused-"))
+        dst = self._fused_dir / self.path.name
+        try:
+            return self._fuse(dst)
+        except EngineError:
+            shutil.rmtree(self._fused_dir, ignore_errors=True)
+            self._fused_dir = None
+            raise
+
     def _cached_model(
-        self, ort: ModuleType, providers: list[str], provider_options: list[dict[str, Any]]
+        self, ort: ModuleType, providers: list[str], provider_options: list[dict[str, Any]], fuse: bool = False
     ) -> tuple[Path, bool]:
-        """The optimized graph for this file, level, ORT version and providers: reused when
-        present, else written (through a temporary name, renamed when complete)."""
+        """The optimized (and, with `fuse`, kernel-fused) graph for this file, level, ORT
+        version and providers: reused when present, else written (through a temporary
+        name, renamed when complete). A fused graph's report is kept beside it as JSON."""
+        from vitron_rt.engines.ort_fusion import FUSION_VERSION, FusionReport
+
         level = min(self.options.optimization, GraphOptimization.EXTENDED, key=lambda g: g.rank)
         sha = onnx_digest(self.entry) if self.entry is not None else sha256_file(self.path)
-        name = ort_cache_name(self.path.stem, sha, level.value, ort.__version__, providers)
+        tag = f"{level.value}+fuse{FUSION_VERSION}" if fuse else level.value
+        name = ort_cache_name(self.path.stem, sha, tag, ort.__version__, providers)
         assert self.cache_dir is not None
         path = self.cache_dir / name
+        report = path.with_name(path.name + ".fusion.json")
         if path.is_file():
+            if fuse and report.is_file():
+                self.fusion = FusionReport.from_json(report.read_text())
             return path, True
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fused = path.with_name(f".{path.name}.{os.getpid()}.fused.onnx")
         so = self._session_options(ort, level)
         so.optimized_model_filepath = str(tmp)
         if self._model_bytes() > _EXTERNAL_DATA_ABOVE:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", path.name + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
-            ort.InferenceSession(
-                str(self.path), sess_options=so, providers=providers, provider_options=provider_options
-            )
+            source = self._fuse(fused) if fuse else self.path
+            ort.InferenceSession(str(source), sess_options=so, providers=providers, provider_options=provider_options)
             os.replace(tmp, path)
+            if self.fusion is not None:
+                report.write_text(self.fusion.to_json())
+        except EngineError:
+            raise
         except Exception as e:
             raise EngineError(f"{self.name}: onnxruntime cannot optimize {self.path.name}: {_first_line(e)}") from e
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            for p in (tmp, fused, fused.with_name(fused.name + ".data")):
+                if p.exists():
+                    p.unlink()
         return path, False
 
     def _model_bytes(self) -> int:
