@@ -423,6 +423,85 @@ def _tiny() -> VitronConfig:
     )
 
 
+def _mini() -> VitronConfig:
+    """Every component small enough to train from scratch on 2 CPU cores, on ShapesWorld
+    (`vitron_rt.shapes`, 128 x 128 images; `vitron_rt.train` trains it).
+
+    Vision: 128 px in 16 px patches, 64 tokens per image (4 frames of a video: 256), all 4
+    layers used (select_layer -1: no layer computed only to be dropped). LLM: 4 layers at
+    256 wide, GQA 8 over 4 heads, vocabulary of the ShapesWorld BPE tokenizer
+    (`vitron_rt.shapes.vocab`, trained to exactly this size). Segmentation: SAM at 128 px,
+    16 x 16 embeddings, 64 x 64 mask logits. Diffusion in latent space: a 3-block VAE
+    (4x down) at 64 px, so the UNet denoises 4 x 16 x 16 latents conditioned on the K
+    signal tokens; the VAE is trained to unit-scale latents, hence scaling_factor 1.
+    """
+    d, dv, k = 256, 128, 4
+    return VitronConfig(
+        name="mini",
+        vision=VisionConfig(
+            image_size=128,
+            patch_size=16,
+            hidden_size=dv,
+            num_layers=4,
+            num_heads=4,
+            intermediate_size=4 * dv,
+            select_layer=-1,
+        ),
+        projector=ProjectorConfig(in_dim=dv, out_dim=d),
+        region=RegionConfig(feature_dim=dv, out_dim=d, grid=8, loc_hidden=dv, image_size=128),
+        llm=LlmConfig(
+            vocab_size=576,  # = vitron_rt.shapes.vocab's trained size (a test checks it)
+            hidden_size=d,
+            num_layers=4,
+            num_heads=8,
+            num_kv_heads=4,
+            intermediate_size=704,
+            max_position_embeddings=512,  # a 4-frame video prompt is ~360 positions
+            tie_word_embeddings=True,
+        ),
+        signal=SignalConfig(
+            num_tokens=k, in_dim=d, invariant_dim=128, specific_dim=128, segmentation_dim=64, diffusion_dim=128
+        ),
+        seg=SegConfig(
+            image_size=128,
+            patch_size=8,
+            hidden_size=96,
+            num_layers=4,
+            num_heads=4,
+            mlp_dim=384,
+            window_size=8,
+            global_attn_indexes=(1, 3),
+            prompt_dim=64,
+            decoder_layers=2,
+            decoder_heads=4,
+            decoder_mlp_dim=256,
+            iou_head_hidden_dim=64,
+            mask_input_channels=16,
+            num_pos_feats=32,
+            # Trained from scratch: at SAM's 0.02 the decoder's mask logits start ~1e-4 and
+            # the mask loss barely moves for the first hundred steps (measured); 0.1 learns.
+            initializer_range=0.1,
+        ),
+        # Two levels (16 and 8 latent pixels), both cross-attending to the signal tokens:
+        # enough for 16 x 16 latents of flat shapes; a third level about doubled the step.
+        unet=UNetConfig(
+            sample_size=16,
+            block_out_channels=(64, 128),
+            layers_per_block=1,
+            cross_attention_dim=128,
+            attention_head_dim=8,
+            norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            context_length=k,
+        ),
+        vae=VaeConfig(
+            sample_size=64, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, scaling_factor=1.0
+        ),
+        video_frames=4,
+    )
+
+
 def _vitron_7b() -> VitronConfig:
     """The released Vitron's dimensions: CLIP ViT-L/14 @224, Vicuna-7B, SAM ViT-B, SD-1.x."""
     k = SignalConfig().num_tokens
@@ -430,7 +509,7 @@ def _vitron_7b() -> VitronConfig:
     return VitronConfig(name="vitron-7b", llm=LlmConfig(vocab_size=32000 + 2 + k))
 
 
-PRESETS = {"tiny": _tiny, "vitron-7b": _vitron_7b}
+PRESETS = {"tiny": _tiny, "mini": _mini, "vitron-7b": _vitron_7b}
 
 
 def preset(name: str) -> VitronConfig:

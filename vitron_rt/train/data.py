@@ -1,0 +1,400 @@
+"""Training batches: ShapesWorld samples as the model's tensors, prepared as the runtime
+prepares them at serving time.
+
+    sample ─► chat text (vitron_rt.shapes.chat: the runtime's placeholder rules and template;
+              for the back-end items, the targets' codes: vitron_rt.train.conditioning)
+           ─► ids: prompt + " answer" + </s>; every <image> widened to N copies (N patches),
+              where the runtime splices N rows in place of one placeholder
+           ─► labels: the reply's ids, -100 on the prompt (the LLM loss covers the text AND
+              the signal tokens <sig_k> the reply ends with)
+    image / video frames (the runtime's frame sampling) ─► vision preprocess (the runtime's,
+              from an ImagePreprocess built as export builds it) ─► pixel_values
+    region ─► box + its grid mask (`box_to_mask`, the rasteriser the runtime mirrors)
+    back-end targets:
+      segment_* / edit_*  ─► SegItems: SAM-preprocessed frame, target mask, box prompt,
+                             previous-frame mask prompt (video frames after the first)
+      generate / edit_*   ─► DiffItems: the target image at the VAE's size in [-1, 1], and a
+                             latent-grid weight that favours the edited shape
+
+Every random choice (which video frame, which prompt mask) comes from a numpy Generator
+the caller seeds, so a batch is a pure function of (samples, seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from vitron_rt.bundle import ImagePreprocess
+from vitron_rt.models.config import VitronConfig
+from vitron_rt.models.region import box_to_mask
+from vitron_rt.models.tokenizer import IMAGE_TOKEN, REGION_TOKEN, PreparedTokenizer, signal_tokens
+from vitron_rt.runtime.media import ResizeMode, preprocess_images, sample_frame_indices
+from vitron_rt.runtime.pipelines.postprocess import downsample_mask, to_vae_input
+from vitron_rt.shapes.chat import render_prompt, user_content
+from vitron_rt.shapes.render import jittered_box
+from vitron_rt.shapes.tasks import Sample
+from vitron_rt.shapes.world import ShapeSpec
+from vitron_rt.train.conditioning import code_array, scene_code
+
+IGNORE = -100  # label of positions the LLM loss skips (torch's cross_entropy ignore_index)
+# The previous frame's mask becomes SAM's dense prompt as logits of this magnitude: confident
+# (sigmoid(8) = 0.9997), like the decoder's own output on a frame it segmented well.
+PROMPT_MASK_LOGIT = 8.0
+# Weight of the denoising loss on latent cells of the edited shape, against 1 elsewhere:
+# an edit changes a small part of the image, and only that part is composited back.
+EDIT_WEIGHT = 4.0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What batching needs to know about the model: sizes, preprocessing and token ids."""
+
+    vision: ImagePreprocess
+    seg: ImagePreprocess
+    num_patches: int  # N: rows one image contributes to the sequence
+    grid: int  # region encoder grid
+    region_image_size: int
+    video_frames: int
+    mask_size: int  # SAM's low-res mask side (4E)
+    vae_size: int  # pixels the VAE takes (the UNet's native latent side x downsample)
+    latent_size: int
+    num_signal_tokens: int
+    max_positions: int
+    image_id: int
+    region_id: int
+    signal_ids: tuple[int, ...]
+    eos_id: int
+    pad_id: int
+
+    @classmethod
+    def build(cls, config: VitronConfig, tokenizer: PreparedTokenizer) -> "DataSpec":
+        v, s = config.vision, config.seg
+        f = config.vae.downsample
+        return cls(
+            vision=ImagePreprocess(v.image_size, tuple(v.image_mean), tuple(v.image_std)),
+            seg=ImagePreprocess(s.image_size, tuple(s.image_mean), tuple(s.image_std)),
+            num_patches=v.num_patches,
+            grid=config.region.grid,
+            region_image_size=config.region.image_size,
+            video_frames=config.video_frames,
+            mask_size=s.mask_size,
+            vae_size=config.unet.sample_size * f,
+            latent_size=config.unet.sample_size,
+            num_signal_tokens=config.signal.num_tokens,
+            max_positions=config.llm.max_position_embeddings,
+            image_id=tokenizer.token_id(IMAGE_TOKEN),
+            region_id=tokenizer.token_id(REGION_TOKEN),
+            signal_ids=tuple(tokenizer.token_id(t) for t in signal_tokens(config.signal.num_tokens)),
+            eos_id=tokenizer.token_id(tokenizer.eos_token),
+            pad_id=0,  # any id: padded positions are masked out of attention and of the loss
+        )
+
+
+# --------------------------------------------------------------------------- text
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One sample's ids (images widened) and labels."""
+
+    ids: list[int]
+    labels: list[int]
+    prompt_len: int  # ids before the reply (the runtime's prefill)
+
+
+def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) -> Encoded:
+    """Ids and labels of one sample (see the module docstring)."""
+    tok = tokenizer.tokenizer
+    prompt = tok.encode(render_prompt(user_content(sample, spec.video_frames)), add_special_tokens=False).ids
+    reply = tok.encode(f" {sample.answer}", add_special_tokens=False).ids + [spec.eos_id]
+    wide: list[int] = []
+    for t in prompt:
+        wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
+    if any(t == spec.image_id or t == spec.region_id for t in reply):
+        raise ValueError(f"the reply of a {sample.task} sample holds an input placeholder: {sample.answer!r}")
+    ids = wide + reply
+    if len(ids) > spec.max_positions:
+        raise ValueError(f"a {sample.task} sample is {len(ids)} positions, more than {spec.max_positions}")
+    return Encoded(ids=ids, labels=[IGNORE] * len(wide) + reply, prompt_len=len(wide))
+
+
+# --------------------------------------------------------------------------- back-end items
+
+
+@dataclass(frozen=True)
+class SegItem:
+    """One mask-decoder call: a frame, its target and its prompts."""
+
+    owner: int  # sample index in the batch (whose signal tokens prompt it)
+    projector: str  # signal projector module ("segment_image" for edits, as the runtime does)
+    frame: np.ndarray  # (H, W, 3) uint8
+    target: np.ndarray  # (H, W) bool
+    box: tuple[float, float, float, float] | None  # normalised, when the message has a region
+    previous: np.ndarray | None  # (H, W) bool: the previous frame's mask, a video's track
+    code: tuple[ShapeSpec, ...]  # the referred shape, the segmentation code (see `conditioning`)
+
+
+@dataclass(frozen=True)
+class DiffItem:
+    """One denoising target: an image the signal tokens should produce."""
+
+    owner: int
+    projector: str
+    image: np.ndarray  # (H, W, 3) uint8
+    region: np.ndarray | None  # (H, W) bool: the edited shape (None: the whole image counts)
+    code: tuple[ShapeSpec, ...]  # the image's shapes, the diffusion code (see `conditioning`)
+
+
+def backend_items(sample: Sample, owner: int, rng: np.random.Generator) -> tuple[list[SegItem], list[DiffItem]]:
+    """The back-end targets of one sample (none for `understand`).
+
+    Segmentation codes name the referred shape by colour and kind (the mask decoder sees
+    where it is). Diffusion codes list the target image's shapes in reading order: with
+    their places for an edit (the LLM sees the image), with the prompt's own specs for a
+    generation (a place the prompt leaves open stays "any": nothing could predict it)."""
+    m = sample.module
+    seg: list[SegItem] = []
+    diff: list[DiffItem] = []
+    if m == "understand":
+        return seg, diff
+    if m == "generate_image":
+        diff.append(DiffItem(owner, m, sample.target, None, tuple(sample.specs)))
+        return seg, diff
+    shape = sample.scene.shapes[sample.shape]
+    referent = (ShapeSpec(shape.colour, shape.kind),)
+    if m == "segment_image":
+        seg.append(SegItem(owner, m, sample.image, sample.mask, sample.region, None, referent))
+    elif m == "edit_image":
+        # The runtime finds the shape to edit with the same signal tokens through the
+        # segment_image projector; train that path on the shape's mask.
+        seg.append(SegItem(owner, "segment_image", sample.image, sample.mask, None, None, referent))
+        diff.append(DiffItem(owner, m, sample.target, sample.mask, scene_code(sample.target_scene)))
+    elif m in ("segment_video", "edit_video"):
+        frames, masks = sample.video, sample.masks
+        t = int(rng.integers(1, len(frames)))
+        projector = m if m == "segment_video" else "segment_image"
+        seg.append(SegItem(owner, projector, frames[0], masks[0], None, None, referent))  # first frame: no track yet
+        seg.append(SegItem(owner, projector, frames[t], masks[t], None, masks[t - 1], referent))
+        if m == "edit_video":
+            t = int(rng.integers(len(frames)))
+            # One signal conditions every frame, and shapes move: the code leaves places open.
+            code = tuple(ShapeSpec(c.colour, c.kind) for c in scene_code(sample.target_scene))
+            diff.append(DiffItem(owner, m, sample.target[t], masks[t], code))
+    else:
+        raise ValueError(f"no back-end targets for module {m!r}")
+    return seg, diff
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class Batch:
+    """Tensors of a batch. Images, regions and back-end items are flat lists with an
+    `*_owner` index into the batch's samples."""
+
+    tasks: tuple[str, ...]
+    modules: tuple[str, ...]
+    input_ids: torch.Tensor  # (B, T) int64, padded with pad_id
+    attention_mask: torch.Tensor  # (B, T) int64
+    labels: torch.Tensor  # (B, T) int64, IGNORE where no loss
+    pixel_values: torch.Tensor  # (M, 3, S, S): every image and sampled frame, in sample order
+    region_boxes: torch.Tensor  # (R, 4) normalised
+    region_masks: torch.Tensor  # (R, G, G)
+    region_image: torch.Tensor  # (R,) int64 index into pixel_values: the image it points into
+    signal_positions: torch.Tensor  # (B, K) int64, -1 for a sample without signal tokens
+    seg_owner: torch.Tensor  # (Q,) int64
+    seg_projector: tuple[str, ...]
+    seg_pixels: torch.Tensor  # (Q, 3, Sg, Sg) SAM input
+    seg_targets: torch.Tensor  # (Q, H, W) float 0/1 at the image's own size
+    seg_boxes: torch.Tensor  # (Q, 4) xyxy pixels of the SAM input
+    seg_has_box: torch.Tensor  # (Q,)
+    seg_prompt_masks: torch.Tensor  # (Q, 1, m, m) logits of the previous frame's mask
+    seg_has_prompt_mask: torch.Tensor  # (Q,)
+    seg_codes: torch.Tensor  # (Q, K, 3) int64 segmentation codes (`conditioning`)
+    diff_owner: torch.Tensor  # (P,) int64
+    diff_projector: tuple[str, ...]
+    diff_images: torch.Tensor  # (P, 3, Hv, Wv) in [-1, 1]
+    diff_weights: torch.Tensor  # (P, 1, h, w) per-latent-cell loss weight
+    diff_codes: torch.Tensor  # (P, K, 3) int64 diffusion codes
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _seg_tensors(items: Sequence[SegItem], spec: DataSpec) -> dict[str, torch.Tensor]:
+    s, m, k = spec.seg.image_size, spec.mask_size, spec.num_signal_tokens
+    if not items:
+        return {
+            "seg_pixels": torch.zeros(0, 3, s, s),
+            "seg_targets": torch.zeros(0, s, s),
+            "seg_boxes": torch.zeros(0, 4),
+            "seg_has_box": torch.zeros(0),
+            "seg_prompt_masks": torch.zeros(0, 1, m, m),
+            "seg_has_prompt_mask": torch.zeros(0),
+            "seg_codes": torch.zeros(0, k, 3, dtype=torch.int64),
+        }
+    frames = [it.frame for it in items]
+    if any(f.shape[:2] != (s, s) for f in frames):
+        # The box and mask prompts below are in the input's pixels: that holds when the
+        # frame is SAM's own size (ShapesWorld renders at it), where PAD is the identity.
+        raise ValueError(f"segmentation frames must be {s} x {s} (SAM's input side)")
+    pixels = preprocess_images(frames, spec.seg, ResizeMode.PAD)  # (Q, 3, S, S)
+    boxes = np.zeros((len(items), 4), np.float32)
+    has_box = np.zeros(len(items), np.float32)
+    prompts = np.zeros((len(items), 1, m, m), np.float32)
+    has_prompt = np.zeros(len(items), np.float32)
+    for q, it in enumerate(items):
+        if it.box is not None:
+            boxes[q] = np.asarray(it.box, np.float32) * s
+            has_box[q] = 1.0
+        if it.previous is not None:
+            small = cv2.resize(it.previous.astype(np.float32), (m, m), interpolation=cv2.INTER_AREA)
+            prompts[q, 0] = (2.0 * small - 1.0) * PROMPT_MASK_LOGIT
+            has_prompt[q] = 1.0
+    return {
+        "seg_pixels": torch.from_numpy(pixels),
+        "seg_targets": torch.from_numpy(np.stack([it.target for it in items]).astype(np.float32)),
+        "seg_boxes": torch.from_numpy(boxes),
+        "seg_has_box": torch.from_numpy(has_box),
+        "seg_prompt_masks": torch.from_numpy(prompts),
+        "seg_has_prompt_mask": torch.from_numpy(has_prompt),
+        "seg_codes": torch.from_numpy(np.stack([code_array(it.code, k) for it in items])),
+    }
+
+
+def _vae_images(images: Sequence[np.ndarray], spec: DataSpec) -> torch.Tensor:
+    """(P, 3, Hv, Wv) in [-1, 1]: each image area-resized to the VAE's side, as the
+    runtime's edit pipeline prepares its input."""
+    v = spec.vae_size
+    out = [to_vae_input(cv2.resize(im, (v, v), interpolation=cv2.INTER_AREA))[0] for im in images]
+    return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 3, v, v)
+
+
+def _diff_tensors(items: Sequence[DiffItem], spec: DataSpec) -> dict[str, torch.Tensor]:
+    h, k = spec.latent_size, spec.num_signal_tokens
+    weights = []
+    for it in items:
+        w = np.ones((h, h), np.float32)
+        if it.region is not None:
+            w += EDIT_WEIGHT * downsample_mask(it.region, (h, h))
+        weights.append(w[None])
+    return {
+        "diff_images": _vae_images([it.image for it in items], spec),
+        "diff_weights": torch.from_numpy(np.stack(weights)) if weights else torch.zeros(0, 1, h, h),
+        "diff_codes": torch.from_numpy(np.stack([code_array(it.code, k) for it in items]))
+        if items
+        else torch.zeros(0, k, 3, dtype=torch.int64),
+    }
+
+
+def collate(
+    samples: Sequence[Sample], tokenizer: PreparedTokenizer, spec: DataSpec, rng: np.random.Generator
+) -> Batch:
+    """The batch of `samples` (see the module docstring)."""
+    encoded = [encode_sample(s, tokenizer, spec) for s in samples]
+    length = max(len(e.ids) for e in encoded)
+    b = len(samples)
+    ids = torch.full((b, length), spec.pad_id, dtype=torch.int64)
+    attention = torch.zeros((b, length), dtype=torch.int64)
+    labels = torch.full((b, length), IGNORE, dtype=torch.int64)
+    positions = torch.full((b, spec.num_signal_tokens), -1, dtype=torch.int64)
+    images: list[np.ndarray] = []
+    region_boxes, region_image = [], []
+    seg_items: list[SegItem] = []
+    diff_items: list[DiffItem] = []
+    for i, (sample, enc) in enumerate(zip(samples, encoded)):
+        n = len(enc.ids)
+        ids[i, :n] = torch.tensor(enc.ids)
+        attention[i, :n] = 1
+        labels[i, :n] = torch.tensor(enc.labels)
+        if sample.module != "understand":
+            reply = enc.ids[enc.prompt_len :]
+            for k, sid in enumerate(spec.signal_ids):
+                positions[i, k] = enc.prompt_len + reply.index(sid)
+        first_image = len(images)
+        if sample.media == "image":
+            images.append(sample.image)
+        elif sample.media == "video":
+            frames = sample.video
+            images.extend(frames[sample_frame_indices(len(frames), spec.video_frames)])
+        if sample.region is not None:
+            region_boxes.append(sample.region)
+            region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
+        seg, diff = backend_items(sample, i, rng)
+        seg_items += seg
+        diff_items += diff
+    s = spec.vision.image_size
+    pixels = preprocess_images(images, spec.vision) if images else np.zeros((0, 3, s, s), np.float32)
+    boxes = torch.tensor(region_boxes, dtype=torch.float32).reshape(-1, 4)
+    return Batch(
+        tasks=tuple(s.task for s in samples),
+        modules=tuple(s.module for s in samples),
+        input_ids=ids,
+        attention_mask=attention,
+        labels=labels,
+        pixel_values=torch.from_numpy(pixels),
+        region_boxes=boxes,
+        region_masks=box_to_mask(boxes, spec.grid, spec.region_image_size),
+        region_image=torch.tensor(region_image, dtype=torch.int64),
+        signal_positions=positions,
+        seg_owner=torch.tensor([it.owner for it in seg_items], dtype=torch.int64),
+        seg_projector=tuple(it.projector for it in seg_items),
+        diff_owner=torch.tensor([it.owner for it in diff_items], dtype=torch.int64),
+        diff_projector=tuple(it.projector for it in diff_items),
+        **_seg_tensors(seg_items, spec),
+        **_diff_tensors(diff_items, spec),
+    )
+
+
+# --------------------------------------------------------------------------- back ends alone
+
+
+@dataclass
+class BackendBatch:
+    """Stage `backends`: the back-end items of the samples, conditioned on their codes
+    instead of signal tokens, and images for the VAE (every target and input frame)."""
+
+    vae_images: torch.Tensor  # (V, 3, Hv, Wv) in [-1, 1]
+    seg_pixels: torch.Tensor
+    seg_targets: torch.Tensor
+    seg_boxes: torch.Tensor
+    seg_has_box: torch.Tensor
+    seg_prompt_masks: torch.Tensor
+    seg_has_prompt_mask: torch.Tensor
+    seg_codes: torch.Tensor  # (Q, K, 3)
+    diff_images: torch.Tensor
+    diff_weights: torch.Tensor
+    diff_codes: torch.Tensor  # (P, K, 3)
+
+
+def backend_batch(
+    samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, box_probability: float = 0.3
+) -> BackendBatch:
+    """A stage-`backends` batch: every sample's back-end items (`backend_items`). Without
+    an LLM no message carries a region, so a segmentation item gets its shape's jittered
+    box with `box_probability`: the decoder learns both the code-only and the boxed prompt."""
+    seg: list[SegItem] = []
+    diff: list[DiffItem] = []
+    vae: list[np.ndarray] = []
+    for sample in samples:
+        s, d = backend_items(sample, -1, rng)
+        for it in s:
+            if it.box is None and rng.random() < box_probability:
+                it = dataclasses.replace(it, box=jittered_box(it.target, rng))
+            seg.append(it)
+        diff += d
+        vae += [it.image for it in d]
+        if sample.media == "image":
+            vae.append(sample.image)
+        elif sample.media == "video":
+            vae.append(sample.video[int(rng.integers(len(sample.video)))])
+    return BackendBatch(vae_images=_vae_images(vae, spec), **_seg_tensors(seg, spec), **_diff_tensors(diff, spec))
+

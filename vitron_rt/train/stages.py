@@ -1,0 +1,162 @@
+"""The paper's training recipe, scaled down to ShapesWorld: stages as objects.
+
+    stage        data (vitron_rt.shapes.tasks)        trains                          losses
+    ──────────── ──────────────────────────────────── ─────────────────────────────── ──────────────────────────────
+    autoencoder  the back-end tasks' images           VAE                              L1 + MSE recon, latent scale
+    backends     the back-end tasks, no text          SAM, UNet, code encoders         masks prompted by codes (+box,
+                                                                                       +previous mask); denoising
+                                                                                       conditioned on codes
+    alignment    ALIGNMENT_MIX: captions              vision, projector, LLM           LLM (caption tokens)
+    instruction  INSTRUCTION_MIX: every task          vision, projector, region, LLM   LLM (reply text + <sig_k>)
+    pixel        PIXEL_MIX + the understanding tasks  LLM, signal projectors,          LLM + alignment of the projected
+                                                      SAM decoder, UNet (lr x0.1)      signal to the target's code +
+                                                                                       mask and denoising losses
+                                                                                       through the projectors
+
+Vitron starts from pretrained parts (a CLIP tower, Vicuna, SEEM, GLIGEN) and its first
+stage trains only the projector; here every part starts from random weights. So the
+first two stages stand in for the specialists' own pretraining: the back ends learn from
+a small conditioning encoder of their own (`conditioning`: a scene code, the role SD's
+text encoder plays for GLIGEN), which needs no LLM step per example, the expensive part
+on 2 cores. Then the paper's three stages: (1) vision-language alignment, here training
+the vision tower and the LLM with the projector; (2) instruction and invocation tuning;
+(3) pixel-level alignment: the signal projectors are pulled towards the codes the back
+ends understand (NExT-GPT's decoding-side alignment) while the back-end losses flow
+through them into the LLM.
+
+A `Stage` is plain configuration you can hold, print and change before anything runs; the
+`Trainer` (`vitron_rt.train.trainer`) runs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from vitron_rt.shapes.tasks import ALIGNMENT_MIX, INSTRUCTION_MIX, PIXEL_MIX, TASKS
+
+# Trainable groups: a name -> the parameters it covers (see `trainer.group_parameters`).
+GROUPS: tuple[str, ...] = (
+    "vision",  # vision_encoder
+    "projector",  # mm_projector
+    "region",  # region_encoder
+    "llm",  # llm_decoder with its (tied) embedding
+    "signal",  # every signal projector and their shared invariant MLP
+    "seg_encoder",  # SAM's image encoder
+    "seg_decoder",  # SAM's prompt encoder and mask decoder
+    "unet",
+    "vae",
+    "codes",  # the back ends' code encoders (training scaffolding, not exported)
+)
+KINDS = ("autoencoder", "backends", "language", "pixel")
+LOSSES = ("recon", "latent_scale", "code_mask", "code_denoise", "lm", "align", "mask", "denoise")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: what data, which parameters, which losses (weights), how fast.
+
+    `kind` picks the step: "autoencoder" (the VAE), "backends" (SAM and the UNet on
+    codes), "language" (LLM loss only), "pixel" (LLM loss, alignment, and the back-end
+    losses through the signal projectors). `loss_weights` name the losses of `LOSSES`
+    that are summed; a loss of weight 0 is not computed. `lr_scale` multiplies the
+    learning rate of some groups (back ends fine-tuned gently after their pretraining).
+    """
+
+    name: str
+    kind: str
+    mix: dict[str, float]
+    trainable: tuple[str, ...]
+    loss_weights: dict[str, float]
+    batch_size: int
+    lr: float
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    warmup: int = 20
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    # Timesteps drawn per diffusion target: the rest of the step (the LLM, the VAE
+    # encoder) is paid once for all of them.
+    diffusion_draws: int = 2
+    # Video samples make a batch ~3x longer (256 image positions); batches are drawn
+    # either all-video or video-free, video with this share of the mix's weight.
+    bucket_by_media: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"stage kind must be one of {KINDS}, got {self.kind!r}")
+        unknown = set(self.trainable) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown trainable groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
+        unknown = set(self.lr_scale) - set(self.trainable)
+        if unknown:
+            raise ValueError(f"lr_scale names groups the stage does not train: {sorted(unknown)}")
+        unknown = set(self.loss_weights) - set(LOSSES)
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; known: {', '.join(LOSSES)}")
+        unknown = set(self.mix) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)} in the mix of stage {self.name!r}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"stage {self.name!r}: batch_size must be >= 1 and lr > 0")
+
+    def replace(self, **changes) -> "Stage":
+        return dataclasses.replace(self, **changes)
+
+
+def _with_understanding(pixel: dict[str, float], share: float) -> dict[str, float]:
+    """The pixel tasks plus the understanding tasks at `share` of the total weight, so the
+    last stage does not wash out what instruction tuning taught."""
+    understanding = {t: w for t, w in INSTRUCTION_MIX.items() if t not in pixel}
+    scale = share / (1.0 - share) * sum(pixel.values()) / sum(understanding.values())
+    return {**pixel, **{t: w * scale for t, w in understanding.items()}}
+
+
+# Learning rates suit models this small trained from scratch (AdamW, warmup, cosine decay).
+AUTOENCODER = Stage(
+    name="autoencoder",
+    kind="autoencoder",
+    mix=dict(PIXEL_MIX),  # only the images are used: inputs and targets
+    trainable=("vae",),
+    loss_weights={"recon": 1.0, "latent_scale": 0.1},
+    batch_size=16,
+    lr=1e-3,
+)
+BACKENDS = Stage(
+    name="backends",
+    kind="backends",
+    mix=dict(PIXEL_MIX),
+    trainable=("seg_encoder", "seg_decoder", "unet", "codes"),
+    loss_weights={"code_mask": 1.0, "code_denoise": 1.0},
+    batch_size=16,
+    lr=1e-3,
+    diffusion_draws=4,
+)
+ALIGNMENT = Stage(
+    name="alignment",
+    kind="language",
+    mix=dict(ALIGNMENT_MIX),
+    trainable=("vision", "projector", "llm"),
+    loss_weights={"lm": 1.0},
+    batch_size=16,
+    lr=1e-3,
+)
+INSTRUCTION = Stage(
+    name="instruction",
+    kind="language",
+    mix=dict(INSTRUCTION_MIX),
+    trainable=("vision", "projector", "region", "llm"),
+    loss_weights={"lm": 1.0},
+    batch_size=16,
+    lr=6e-4,
+)
+PIXEL = Stage(
+    name="pixel",
+    kind="pixel",
+    mix=_with_understanding(PIXEL_MIX, 0.25),
+    trainable=("llm", "signal", "seg_decoder", "unet"),
+    loss_weights={"lm": 1.0, "align": 1.0, "mask": 0.5, "denoise": 0.5},
+    lr_scale={"seg_decoder": 0.1, "unet": 0.1},
+    batch_size=8,
+    lr=4e-4,
+)
+STAGES: dict[str, Stage] = {s.name: s for s in (AUTOENCODER, BACKENDS, ALIGNMENT, INSTRUCTION, PIXEL)}

@@ -1,0 +1,292 @@
+"""Running a stage: its batches, its losses, the optimiser, and a log per step.
+
+    Trainer(model, tokenizer, seed)            cheap: no batch drawn, nothing trained; owns the
+                                               back ends' code encoders (`conditioning`)
+      .batch(stage, step)                      the step's batch: a pure function of (seed, stage, step)
+      .losses(stage, batch, generator)         named loss tensors (the stage's kind decides which)
+      .run(stage, steps)                       AdamW over the stage's groups, warmup + cosine, clipping
+                                               -> StageLog (every loss, the time of every step)
+
+Sample indices of a stage live in their own range (the stage name's hash in the high
+bits), so no two stages train on the same sample; a held-out set is a Trainer (or a
+TaskGenerator) over a world with another seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitron_rt.models.model import VitronModel
+from vitron_rt.models.tokenizer import PreparedTokenizer
+from vitron_rt.shapes.tasks import TASKS, Sample, TaskGenerator
+from vitron_rt.shapes.world import ShapesWorld
+from vitron_rt.train import forward as fw
+from vitron_rt.train.conditioning import CodeEncoders
+from vitron_rt.train.data import BackendBatch, Batch, DataSpec, backend_batch, collate
+from vitron_rt.train.stages import Stage
+
+
+def group_parameters(model: VitronModel, codes: CodeEncoders, group: str) -> list[torch.nn.Parameter]:
+    """The parameters of a trainable group (see `stages.GROUPS`)."""
+    sam = model.seg_image_encoder.sam
+    modules = {
+        "codes": codes,
+        "vision": model.vision_encoder,
+        "projector": model.mm_projector,
+        "region": model.region_encoder,
+        "llm": model.llm_decoder,
+        "signal": model.signal_projectors,
+        "seg_encoder": sam.vision_encoder,
+        "unet": model.unet,
+        "vae": model.vae_encoder.vae,
+    }
+    if group == "seg_decoder":
+        return [p for n, p in sam.named_parameters() if not n.startswith("vision_encoder.")]
+    if group not in modules:
+        raise KeyError(f"unknown group {group!r}")
+    return list(modules[group].parameters())
+
+
+@dataclass
+class StageLog:
+    """Per step: each named loss, the weighted total, and the step's wall time."""
+
+    stage: str
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def series(self, name: str = "total") -> list[float]:
+        return [row[name] for row in self.losses]
+
+
+class Trainer:
+    """Trains one VitronModel stage by stage (see the module docstring)."""
+
+    def __init__(self, model: VitronModel, tokenizer: PreparedTokenizer, seed: int = 0, world_seed: int = 0):
+        if tokenizer.vocab_size != model.config.llm.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} entries, the LLM {model.config.llm.vocab_size} rows"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.spec = DataSpec.build(model.config, tokenizer)
+        self.tasks = TaskGenerator(ShapesWorld(seed=world_seed), num_signal_tokens=self.spec.num_signal_tokens)
+        self.schedule = fw.NoiseSchedule()
+        sig = model.config.signal
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.codes = CodeEncoders(sig.num_tokens, sig.segmentation_dim, sig.diffusion_dim).eval()
+
+    # ------------------------------------------------------------------ data
+
+    def _rng(self, stage: Stage, step: int, what: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(stage.name.encode()), zlib.crc32(what.encode()), step])
+
+    def samples(self, stage: Stage, step: int) -> list[Sample]:
+        """The step's samples: `batch_size` draws from the stage's mix (from one media
+        bucket when the stage buckets), at indices no other stage or step uses."""
+        mix = stage.mix
+        if stage.bucket_by_media:
+            video = {t: w for t, w in mix.items() if TASKS[t].media == "video"}
+            still = {t: w for t, w in mix.items() if TASKS[t].media != "video"}
+            if video and still:
+                share = sum(video.values()) / sum(mix.values())
+                mix = video if self._rng(stage, step, "bucket").random() < share else still
+        base = (zlib.crc32(stage.name.encode()) & 0xFFFF) << 32
+        first = base + step * stage.batch_size
+        return [self.tasks.mixed(mix, first + j) for j in range(stage.batch_size)]
+
+    def batch(self, stage: Stage, step: int) -> Batch | BackendBatch:
+        """The step's batch (`BackendBatch` for the stages without the LLM)."""
+        samples = self.samples(stage, step)
+        rng = self._rng(stage, step, "collate")
+        if stage.kind in ("autoencoder", "backends"):
+            return backend_batch(samples, self.spec, rng)
+        return collate(samples, self.tokenizer, self.spec, rng)
+
+    # ------------------------------------------------------------------ losses
+
+    def losses(self, stage: Stage, batch: Batch | BackendBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The named losses of one batch, before weighting (a loss of weight 0 is skipped)."""
+        model, w = self.model, stage.loss_weights
+        if stage.kind == "autoencoder":
+            return fw.vae_loss(model, batch.vae_images, generator)
+        trains = set(stage.trainable)
+        if stage.kind == "backends":
+            out = {}
+            if w.get("code_mask") and len(batch.seg_pixels):
+                prompt = self.codes.segmentation(batch.seg_codes)  # (Q, K, C)
+                out["code_mask"] = fw.mask_loss(self._seg(batch, prompt, trains), batch.seg_targets)
+            if w.get("code_denoise") and len(batch.diff_images):
+                cond = self.codes.diffusion(batch.diff_codes)  # (P, K, C)
+                out["code_denoise"] = fw.denoise_loss(
+                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
+                )
+            return out
+        with torch.set_grad_enabled(bool(trains & {"vision", "projector"}) and torch.is_grad_enabled()):
+            features, embeds = fw.front_end(model, batch.pixel_values)
+        x = fw.sequence_embeds(model, batch, self.spec, features, embeds)
+        logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
+        out = {"lm": fw.lm_loss(logits, batch.labels)}
+        if stage.kind != "pixel":
+            return out
+        signal = fw.signal_hidden(hidden, batch.signal_positions)  # (B, K, D)
+        align = []
+        if len(batch.seg_owner):
+            prompt = fw.project(model, batch.seg_projector, signal[batch.seg_owner])  # (Q, K, C)
+            if w.get("align"):
+                with torch.no_grad():
+                    target = self.codes.segmentation(batch.seg_codes)
+                align.append(F.mse_loss(prompt, target))
+            if w.get("mask"):
+                out["mask"] = fw.mask_loss(self._seg(batch, prompt, trains), batch.seg_targets)
+        if len(batch.diff_owner):
+            cond = fw.project(model, batch.diff_projector, signal[batch.diff_owner])  # (P, K, C)
+            if w.get("align"):
+                with torch.no_grad():
+                    target = self.codes.diffusion(batch.diff_codes)
+                align.append(F.mse_loss(cond, target))
+            if w.get("denoise"):
+                out["denoise"] = fw.denoise_loss(
+                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
+                )
+        if align:
+            out["align"] = sum(align) / len(align)
+        return out
+
+    def _seg(self, batch: Batch | BackendBatch, prompt: torch.Tensor, trains: set[str]) -> torch.Tensor:
+        """Mask logits of the batch's segmentation items under `prompt` (Q, K, C); the SAM
+        image encoder runs without gradients when the stage does not train it."""
+        model = self.model
+        with torch.set_grad_enabled("seg_encoder" in trains and torch.is_grad_enabled()):
+            embeddings = model.seg_image_encoder(batch.seg_pixels)  # (Q, C, E, E)
+        logits, _iou = model.seg_mask_decoder(
+            embeddings,
+            prompt,
+            batch.seg_boxes,
+            batch.seg_has_box,
+            batch.seg_prompt_masks,
+            batch.seg_has_prompt_mask,
+        )
+        return logits  # (Q, 1, m, m)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def _prepare(self, stage: Stage) -> list[dict]:
+        """Freeze everything, unfreeze the stage's groups; AdamW parameter groups (each
+        parameter once, in the first group that names it) with their learning rates."""
+        self.model.requires_grad_(False)
+        self.codes.requires_grad_(False)
+        seen: set[int] = set()
+        groups = []
+        for group in stage.trainable:
+            params = []
+            for p in group_parameters(self.model, self.codes, group):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    p.requires_grad_(True)
+                    params.append(p)
+            if params:
+                groups.append({"params": params, "lr": stage.lr * stage.lr_scale.get(group, 1.0)})
+        self.model.train()
+        self.codes.train()
+        return groups
+
+    def run(
+        self,
+        stage: Stage,
+        steps: int,
+        fixed_batch: bool = False,
+        log: Callable[[str], None] | None = None,
+        log_every: int = 10,
+    ) -> StageLog:
+        """Train `stage` for `steps` steps. `fixed_batch`: every step sees step 0's batch
+        and noise (a smoke test's check that the losses can go down)."""
+        groups = self._prepare(stage)
+        params = [p for g in groups for p in g["params"]]
+        opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=stage.weight_decay)
+        warmup = min(stage.warmup, max(1, steps // 10))
+
+        def factor(i: int) -> float:
+            if i < warmup:
+                return (i + 1) / warmup
+            progress = (i - warmup) / max(1, steps - warmup)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        history = StageLog(stage.name)
+        fixed = self.batch(stage, 0) if fixed_batch else None
+        # Denormal floats (tiny gradients deep in a backward pass) run ~20x slower on x86;
+        # measured: a VAE step at batch 3 took 2.7 s after one at batch 16 with them, 0.1 s
+        # with them flushed to zero. Flushing changes nothing the losses can see.
+        flushed = torch.set_flush_denormal(True)
+        try:
+            for i in range(steps):
+                t0 = time.perf_counter()
+                batch = fixed if fixed is not None else self.batch(stage, i)
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if fixed_batch else i))
+                losses = self.losses(stage, batch, gen)
+                total = sum(stage.loss_weights.get(k, 0.0) * v for k, v in losses.items())
+                if not isinstance(total, torch.Tensor):
+                    raise ValueError(f"stage {stage.name!r}: the batch gave none of its weighted losses")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(params, stage.clip_norm)
+                opt.step()
+                sched.step()
+                row = {k: float(v.detach()) for k, v in losses.items()}
+                row["total"] = float(total.detach())
+                history.losses.append(row)
+                history.seconds.append(time.perf_counter() - t0)
+                if log is not None and (i % log_every == 0 or i == steps - 1):
+                    parts = " ".join(f"{k} {v:.4f}" for k, v in row.items())
+                    log(f"{stage.name} step {i + 1}/{steps} ({history.seconds[-1]:.2f} s): {parts}")
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
+            self.model.eval().requires_grad_(False)
+            self.codes.eval().requires_grad_(False)
+        return history
+
+    def save(self, folder: str | Path) -> Path:
+        """The model (`model.safetensors`) and the code encoders (`codes.safetensors`)."""
+        folder = Path(folder)
+        save_checkpoint(self.model, folder / "model.safetensors")
+        save_checkpoint(self.codes, folder / "codes.safetensors")
+        return folder
+
+    def load(self, folder: str | Path) -> None:
+        """Load what `save` wrote (a run resumed between stages)."""
+        folder = Path(folder)
+        load_checkpoint(self.model, folder / "model.safetensors")
+        load_checkpoint(self.codes, folder / "codes.safetensors")
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path) -> Path:
+    """Every weight of `model` as one safetensors file (shared weights stored once)."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(path))
+    return path
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load `save_checkpoint`'s file into a model of the same shape (strict)."""
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(model, str(path), strict=True)
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return model
