@@ -167,6 +167,12 @@ class VariantEntry:
     file: FileRef
     external_data: tuple[FileRef, ...] = ()
     reason: str = ""
+    # Precision of its weights: "fp32", or a quantised one ("int4", "int8") that a
+    # runtime serves only when asked for it.
+    precision: str = "fp32"
+    # Variant-specific facts: a quantised decoder's scheme, the variant whose I/O
+    # contract it shares ("base"), the tolerances its check holds it to.
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

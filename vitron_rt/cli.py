@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
     from vitron_rt.bundle import BundleError
     from vitron_rt.export.errors import ExportError, ValidationError
     from vitron_rt.export.pipeline import export_bundle
-    from vitron_rt.export.source import SourceError, from_checkpoints, from_preset
+    from vitron_rt.models.source import SourceError, from_checkpoints, from_preset
     from vitron_rt.models.weights import CheckpointError
 
     quiet_libraries()  # after the imports above: importing torch resets its loggers
@@ -71,7 +71,9 @@ def _export(args: argparse.Namespace) -> int:
         else:
             ref = from_checkpoints(llm=args.llm, checkpoint=args.checkpoint, vision=args.vision)
         print(f"exporting {len(ref.components)} components to {args.out}", file=sys.stderr)
-        path, rows = export_bundle(ref, args.out, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        path, rows = export_bundle(
+            ref, args.out, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr), quant=args.quant or ()
+        )
     except (SourceError, CheckpointError, BundleError, ExportError, ValidationError, ValueError, OSError) as e:
         raise CliError(f"vitron-rt export: {_one_line(e)}") from None
     print(f"wrote {path} ({len(rows)} checks passed, {time.perf_counter() - t0:.0f} s)")
@@ -90,7 +92,7 @@ def _check(args: argparse.Namespace) -> int:
     from vitron_rt.engines import EngineError, MissingDependencyError, runner_factory
     from vitron_rt.export.errors import ExportError, ValidationError
     from vitron_rt.export.pipeline import check_bundle
-    from vitron_rt.export.source import SourceError
+    from vitron_rt.models.source import SourceError
     from vitron_rt.export.validate import format_table
     from vitron_rt.models.weights import CheckpointError
 
@@ -207,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
                 values = parts
             region = validate_region(values)
         sampling = SamplingParams(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
-        with Session(args.bundle, engine=args.engine) as session:
+        with Session(args.bundle, engine=args.engine, quant=args.quant) as session:
             result = session.run(
                 args.prompt,
                 image=args.image,
@@ -267,6 +269,13 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision", metavar="PATH", help="vision tower (CLIP) folder, when not in the checkpoint")
     p.add_argument("--out", required=True, metavar="B", help="bundle folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument(
+        "--quant",
+        action="append",
+        choices=("int4", "int8"),
+        help="also write the decoder with quantised weights (ONNX Runtime MatMulNBits; repeatable); "
+        "checked by token agreement with fp32, served only by `run --quant`",
+    )
 
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
@@ -286,6 +295,12 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--greedy", action="store_true")
     _add_engine(p)
+    p.add_argument(
+        "--quant",
+        choices=("fp32", "int4", "int8"),
+        default="fp32",
+        help="decoder weights: fp32 (default) or a quantised variant the bundle was exported with (--quant)",
+    )
     p.add_argument("--out", metavar="DIR", help="folder for the outputs (masks, images, video)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -395,10 +410,72 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
                    help="leave a section out (repeatable)")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve a bundle until interrupted (Ctrl-C). A bad bundle or option is one line on
+    stderr and exit 1; a missing server package names the extra to install (exit 2)."""
+    import logging
+    from pathlib import Path
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise CliError(
+            f"vitron-rt serve: {e.name} is not installed; pip install 'vitron-rt[serve]'", code=EXIT_USAGE
+        ) from None
+    from vitron_rt.bundle import BundleError
+    from vitron_rt.engines import EngineError, MissingDependencyError
+    from vitron_rt.runtime.errors import VitronInputError
+    from vitron_rt.serve.config import MiB, ServeConfig
+    from vitron_rt.serve.server import serve
+
+    if args.engine == "trt":
+        _require_trt("serve")
+    try:
+        config = ServeConfig(
+            host=args.host,
+            port=args.port,
+            model_name=args.model_name,
+            engine=args.engine,
+            queue_depth=args.queue_depth,
+            max_per_client=args.max_per_client,
+            request_timeout_s=args.timeout,
+            max_body_bytes=int(args.max_body_mb * MiB),
+            max_connections=args.max_connections,
+            media_root=None if args.media_root is None else Path(args.media_root),
+            artifact_dir=None if args.artifact_dir is None else Path(args.artifact_dir),
+        )
+    except ValueError as e:
+        raise CliError(f"vitron-rt serve: {_one_line(e)}", code=EXIT_USAGE) from None
+    # The server's own log (a request that failed, with its traceback) goes to stderr.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    try:
+        serve(args.bundle, config)
+    except MissingDependencyError as e:
+        raise CliError(f"vitron-rt serve: {_one_line(e)}", code=EXIT_USAGE) from None
+    except (VitronInputError, BundleError, EngineError, OSError) as e:
+        raise CliError(f"vitron-rt serve: {_one_line(e)}") from None
+    return 0
+
+
 def _configure_serve(p: argparse.ArgumentParser) -> None:
     _add_bundle(p)
     p.add_argument("--host", default="127.0.0.1", help="loopback only by default")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0: any free port (the address is printed)")
+    _add_engine(p)
+    p.add_argument("--model-name", metavar="ID", help="the model id clients send (default: the bundle folder's name)")
+    p.add_argument("--queue-depth", type=int, default=8, metavar="N",
+                   help="requests waiting behind the running one; beyond it: 503 with Retry-After")
+    p.add_argument("--max-per-client", type=int, metavar="N",
+                   help="requests one client (API key, else address) may have queued or running; beyond it: 429")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="request timeout in seconds")
+    p.add_argument("--max-body-mb", type=float, default=20.0, metavar="MB", help="request body limit")
+    p.add_argument("--max-connections", type=int, default=100, metavar="N",
+                   help="open connections; beyond them the HTTP layer answers 503 (bounds body memory)")
+    p.add_argument("--media-root", metavar="DIR",
+                   help="the one folder file-path media may be read from (default: none, data: URLs only)")
+    p.add_argument("--artifact-dir", metavar="DIR",
+                   help="where masks, images and videos are written and served from (default: a temporary folder)")
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
@@ -428,7 +505,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
         _run,
     ),
     "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _bench),
-    "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _not_built("serve", "the serving issue")),
+    "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _serve),
     "demo": ("the whole path on the embedded default (ONNX Runtime, CPU)", _configure_demo, _demo),
 }
 

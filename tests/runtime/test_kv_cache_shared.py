@@ -39,14 +39,15 @@ def test_buffers_are_bound_once_and_written_in_place(tiny):
     gen, llm = tiny.generator, tiny.manifest.llm
     cache = gen.new_cache()
     assert isinstance(cache, SharedBufferKvCache)
-    ptrs = [v.data_ptr() for v in cache._buffers]
     ids = tiny.tokenizer.apply_chat_template([{"role": "user", "content": "in place"}])
     cache.forward(gen.embedder.embed(ids))
+    ptrs = [v.data_ptr() for v in cache._buffers]
     for t in (70, 71, 72):
         cache.forward(gen.embedder.embed_one(t))
     assert [v.data_ptr() for v in cache._buffers] == ptrs
     assert [v.data_ptr() for v in cache._binding.get_outputs()[2:]] == ptrs
-    assert cache._buffers[0].shape() == [1, llm.num_kv_heads, cache.limit, llm.head_dim]
+    # Sized to the need in GROW steps, not to the whole context.
+    assert cache._buffers[0].shape() == [1, llm.num_kv_heads, cache.GROW, llm.head_dim] and cache.GROW < cache.limit
     # The buffer's first P rows are the standard graph's cache for the same tokens.
     std = OrtKvCache(tiny.runner("llm_decoder"), llm, 512)
     std.forward(gen.embedder.embed(ids + [70, 71, 72]))
@@ -70,9 +71,28 @@ def test_same_logits_as_the_standard_graph(tiny):
 def test_limit_is_capped_at_the_buffer_length(tiny):
     llm = dataclasses.replace(tiny.manifest.llm, kv_buffer_length=40)
     cache = make_kv_cache(tiny.generator.decoder, llm, 512, shared_buffer=True)
-    assert cache.limit == 40 and cache._buffers[0].shape()[2] == 40
+    cache.forward(tiny.generator.embedder.embed([5, 6, 7]))
+    assert cache.limit == 40 and cache._buffers[0].shape()[2] == 40  # GROW capped at the limit
     with pytest.raises(EngineError, match="kv_buffer_length"):
         make_kv_cache(tiny.generator.decoder, dataclasses.replace(llm, kv_buffer_length=None), 512, shared_buffer=True)
+
+
+def test_buffers_grow_on_demand_keeping_the_cached_rows(tiny):
+    """A step that needs more room than the buffers have moves them to twice the size
+    (or the need, in GROW steps), with the cached rows carried over: the logits equal a
+    cache that had the room from the start."""
+    gen, llm = tiny.generator, tiny.manifest.llm
+    small = gen.new_cache()
+    small.GROW = 8  # instance override: grow after a few tokens
+    roomy = gen.new_cache()
+    ids = tiny.tokenizer.apply_chat_template([{"role": "user", "content": "grow"}])
+    a, b = small.forward(gen.embedder.embed(ids)), roomy.forward(gen.embedder.embed(ids))
+    caps = {small.capacity}
+    for t in range(40, 60):
+        a, b = small.forward(gen.embedder.embed_one(t)), roomy.forward(gen.embedder.embed_one(t))
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+        caps.add(small.capacity)
+    assert len(caps) > 1 and max(caps) >= small.length and roomy.capacity == roomy.GROW
 
 
 def test_bundle_without_the_variant_keeps_the_standard_cache(tiny_bundle, tmp_path):

@@ -43,6 +43,8 @@ GOALS = {
 # dominate the process: below this size a decode step reads cache, not memory, and the
 # interpreter alone (~56 MiB) outweighs the weights.
 MIN_WEIGHT_MIB_FOR_FLOOR = 64.0
+# The compute-bound components bench/components.py times against eager.
+_COMPUTE_BOUND = {"vision_encoder", "seg_image_encoder", "seg_mask_decoder", "unet"}
 
 
 @dataclass
@@ -89,7 +91,7 @@ def run_bench(bundle: str | Path, opts: BenchOptions, progress: Progress | None 
         if "llm" in opts.sections:
             progress.step("LLM: vitron-rt and peers")
             result["llm"] = _llm_section(bundle, session, reference, opts, read_gb_s, progress)
-        if "quality" in opts.sections and _quant_kind(session):
+        if "quality" in opts.sections and _quant_kinds(session):
             progress.step("quantised decoder quality")
             result["quality"] = _quality_section(bundle, opts, progress)
         from vitron_rt.bench import pipelines
@@ -102,9 +104,9 @@ def run_bench(bundle: str | Path, opts: BenchOptions, progress: Progress | None 
             progress.step("tasks, stage by stage")
             stages = pipelines.bench_tasks(session, pipelines.sample_image(), opts.repeats, work)
             result["tasks"] = {t: {s: v.to_dict() for s, v in st.items()} for t, st in stages.items()}
-        if "components" in opts.sections and reference is not None:
+        if "components" in opts.sections and reference is not None and _COMPUTE_BOUND & comps:
             progress.step("components against eager")
-            result["components"] = _components_section(bundle, opts, progress)
+            result["components"] = _components_section(bundle, opts, progress, result["machine"]["limits"]["gemm_gflop_s"])
         if "video" in opts.sections and {"seg_image_encoder", "seg_mask_decoder"} <= comps:
             progress.step("segment_video against length")
             clips = pipelines.write_clips(pipelines.sample_video(), opts.video_lengths, work)
@@ -173,13 +175,10 @@ def _reference(bundle: Path, progress: Progress) -> Any:
         return None
 
 
-def _quant_kind(session: Any) -> str | None:
-    """The bundle's quantised decoder variant kind, if it has one."""
+def _quant_kinds(session: Any) -> dict[str, str]:
+    """precision -> kind of the bundle's quantised decoder variants."""
     llm = session.manifest.llm
-    for v in session.bundle.component(llm.component).variants:
-        if "int4" in v.kind or "int8" in v.kind:
-            return v.kind
-    return None
+    return {v.precision: v.kind for v in session.bundle.component(llm.component).variants if v.precision != "fp32"}
 
 
 def _llm_section(
@@ -201,15 +200,11 @@ def _llm_section(
     if session.generator.shared_kv:
         gqa_bytes = llm_bench.matrix_weight_bytes(session.bundle.component_path(llm.component, "ort-gqa"))
         engines.append(("vitron-rt fp32 (ort-gqa)", lambda: llm_bench.run_generation(session.generator, ids, n), gqa_bytes))
-    quant = _quant_kind(session)
-    if quant:
-        try:
-            qs = Session(bundle, threads=opts.threads, quant=quant.rsplit("-", 1)[-1])
-            owned.append(qs)
-            q_bytes = llm_bench.matrix_weight_bytes(session.bundle.component_path(llm.component, quant))
-            engines.append((f"vitron-rt {quant}", lambda: llm_bench.run_generation(qs.generator, ids, n), q_bytes))
-        except TypeError as e:
-            progress.notes.append(f"the bundle has {quant} but this session cannot open it: {e}")
+    for precision, kind in _quant_kinds(session).items():
+        qs = Session(bundle, threads=opts.threads, quant=precision)
+        owned.append(qs)
+        q_bytes = llm_bench.matrix_weight_bytes(session.bundle.component_path(llm.component, kind))
+        engines.append((f"vitron-rt {precision} ({kind})", lambda qs=qs: llm_bench.run_generation(qs.generator, ids, n), q_bytes))
     eager_name = None
     if reference is not None and "llm_decoder" in reference.components:
         from vitron_rt.bench.peers import EagerLlm
@@ -327,14 +322,19 @@ def _quality_section(bundle: Path, opts: BenchOptions, progress: Progress) -> di
     return quality.measure(bundle, threads=opts.threads)
 
 
-def _components_section(bundle: Path, opts: BenchOptions, progress: Progress) -> list[dict[str, Any]] | None:
+def _components_section(
+    bundle: Path, opts: BenchOptions, progress: Progress, gemm_gflop_s: float
+) -> list[dict[str, Any]] | None:
     try:
         from vitron_rt.bench import components
     except ImportError as e:
         progress.notes.append(f"components not measured: {e}")
         return None
     sizes = ("tiny", "realistic") if opts.realistic else ("tiny",)
-    return components.bench_components(bundle, sizes=sizes, threads=opts.threads)
+    return components.bench_components(
+        bundle, sizes=sizes, threads=opts.threads, cache_dir=None if opts.cache is None else opts.cache / "components",
+        gemm_gflop_s=gemm_gflop_s, log=progress.step,
+    )  # fmt: skip
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:

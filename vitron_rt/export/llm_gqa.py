@@ -16,13 +16,16 @@ onnxruntime-genai's model builder does), not traced:
       │   attention_mask (B,P+T) ─► seqlens_k = sum-1 (B,) int32, total = P+T int32
       ▼
     ┌ per layer i ───────────────────────────────────────────────────────────────────┐
-    │ x ─► RMSNorm ─► MatMul W_qkv ─► GQA(packed qkv, past k/v i, seqlens_k, total, │
-    │ │                                    cos, sin) ─► MatMul W_o ─┐  present k/v i │
-    │ └──────────────────────────────────────────────────────── Add ◄┘ (same buffer) │
-    │ x ─► RMSNorm ─► gate, up ─► SiLU(gate)·up ─► MatMul W_down ─► Add x            │
+    │ x (+ d) ─► RMSNorm ─► MatMul W_qkv ─► GQA(packed qkv, past k/v i, seqlens_k,  │
+    │ │                          total, cos, sin) ─► MatMul W_o = d   present k/v i  │
+    │ x (+ d) ─► RMSNorm ─► gate, up ─► SiLU(gate)·up ─► MatMul W_down = d           │
     └────────────────────────────────────────────────────────────────────────────────┘
       ▼
-    RMSNorm ─► hidden_states (B,T,D) ─► MatMul lm_head ─► logits (B,T,V)
+    x + d ─► RMSNorm ─► hidden_states (B,T,D) ─► MatMul lm_head ─► logits (B,T,V)
+
+Each residual Add is fused with the RMSNorm after it (SkipSimplifiedLayerNormalization:
+normalised output, and x + d as the next residual), one node instead of two, as genai's
+builder writes it; the first norm has nothing to add (SimplifiedLayerNormalization).
 
 It loads in ONNX Runtime only (contrib ops), so it is a variant beside the standard
 file, with its own I/O contract and its own check (`OrtGqaDecoder.validate`): prefill
@@ -31,6 +34,7 @@ and decode logits against PyTorch, and greedy tokens through the in-place buffer
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,26 @@ EXACT = Tolerance(atol=0.0, rtol=0.0, reason="greedy tokens must match exactly i
 # The validation prompt: seeded token ids (the variant is checked without a tokenizer).
 PROMPT_LEN = 9
 PROMPT_SEED = 1234
+
+
+# module -> (prompt ids, PyTorch's GREEDY_TOKENS greedy tokens after them); the fp32 and
+# the quantised variants' checks (llm_quant.py) share one reference run per module.
+_REFERENCE: "weakref.WeakKeyDictionary[Any, tuple[list[int], list[int]]]" = weakref.WeakKeyDictionary()
+
+
+def reference_greedy(module: Any) -> tuple[list[int], list[int]]:
+    """The seeded validation prompt (PROMPT_LEN ids) and PyTorch's GREEDY_TOKENS greedy
+    tokens after it, computed once per module (memoised while the module lives)."""
+    if module not in _REFERENCE:
+        from vitron_rt.models.llm import EmbedTokens, greedy_generate
+
+        g = torch.Generator().manual_seed(PROMPT_SEED)
+        prompt = torch.randint(0, module.vocab_size, (1, PROMPT_LEN), generator=g)[0].tolist()
+        with torch.no_grad():
+            tokens = greedy_generate(module, EmbedTokens(module.input_embeddings()), prompt, GREEDY_TOKENS, None)
+        _REFERENCE[module] = (prompt, tokens)
+    prompt, tokens = _REFERENCE[module]
+    return list(prompt), list(tokens)
 
 
 def rope_tables(module: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +116,22 @@ class _Graph:
             y = self.op("Add", [y, self.weight(f"{name}.bias", lin.bias.detach().float().numpy())], f"{name}/Add")
         return y
 
-    def rms_norm(self, name: str, x: str, norm: torch.nn.Module) -> str:
+    def rms_norm(self, name: str, x: str, norm: torch.nn.Module, delta: str | None = None) -> tuple[str, str]:
+        """RMSNorm(x + delta) and x + delta (the residual stream after the add); without
+        `delta`, RMSNorm(x) and x."""
         w = self.weight(f"{name}.weight", norm.weight.detach().float().numpy())
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        return self.op("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps, stash_type=1)
+        if delta is None:
+            return self.op("SimplifiedLayerNormalization", [x, w], name, axis=-1, epsilon=eps, stash_type=1), x
+        out, _, _, total = self.op(
+            "SkipSimplifiedLayerNormalization",
+            [x, delta, w],
+            name,
+            outputs=[f"{name}/out", "", "", f"{name}/residual"],
+            domain="com.microsoft",
+            epsilon=eps,
+        )
+        return out, total
 
     def op(
         self, op_type: str, inputs: list[str], name: str, outputs: list[str] | None = None, domain: str = "", **attrs
@@ -130,11 +166,11 @@ def build_gqa_decoder(module: Any, dst: Path, buffer_length: int) -> None:
     cos, sin = rope_tables(module, buffer_length)
     cos_name, sin_name = g.weight("rope.cos", cos), g.weight("rope.sin", sin)  # (S, hd/2)
 
-    x = "inputs_embeds"
+    x, delta = "inputs_embeds", None  # the residual stream, and the sublayer output still to add to it
     for i, layer in enumerate(module.model.model.layers):
         p = f"layers.{i}"
         attn, mlp = layer.self_attn, layer.mlp
-        h = g.rms_norm(f"{p}.input_layernorm", x, layer.input_layernorm)
+        h, x = g.rms_norm(f"{p}.input_layernorm", x, layer.input_layernorm, delta)
         qkv = torch.nn.Linear(d, (nh + 2 * nkv) * hd, bias=attn.q_proj.bias is not None)
         with torch.no_grad():
             qkv.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
@@ -154,13 +190,13 @@ def build_gqa_decoder(module: Any, dst: Path, buffer_length: int) -> None:
             rotary_interleaved=0,
             local_window_size=-1,
         )  # (B, T, H hd); presents (B, Hkv, S, hd), the past buffers when shared
-        x = g.op("Add", [x, g.linear(f"{p}.o_proj", a, attn.o_proj)], f"{p}.attn_residual")
-        h = g.rms_norm(f"{p}.post_attention_layernorm", x, layer.post_attention_layernorm)
+        delta = g.linear(f"{p}.o_proj", a, attn.o_proj)  # (B, T, D)
+        h, x = g.rms_norm(f"{p}.post_attention_layernorm", x, layer.post_attention_layernorm, delta)
         gate = g.linear(f"{p}.gate_proj", h, mlp.gate_proj)  # (B, T, F)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{p}.mlp/Sigmoid")], f"{p}.mlp/SiLU")
         up = g.op("Mul", [silu, g.linear(f"{p}.up_proj", h, mlp.up_proj)], f"{p}.mlp/gated")
-        x = g.op("Add", [x, g.linear(f"{p}.down_proj", up, mlp.down_proj)], f"{p}.mlp_residual")
-    hidden = g.rms_norm("norm", x, module.model.model.norm)
+        delta = g.linear(f"{p}.down_proj", up, mlp.down_proj)  # (B, T, D)
+    hidden, _ = g.rms_norm("norm", x, module.model.model.norm, delta)
     g.nodes.append(helper.make_node("Identity", [hidden], ["hidden_states"], name="hidden_states"))
     head = module.model.lm_head
     g.nodes.append(helper.make_node("Identity", [g.linear("lm_head", hidden, head)], ["logits"], name="logits"))
@@ -256,14 +292,12 @@ class OrtGqaDecoder(GraphVariant):
     def validate(self, module: Any, spec: Any, path: Path, *, strict: bool = True) -> list[ValidationRow]:
         """Prefill and one decode step against PyTorch at the spec's tolerances, then
         `GREEDY_TOKENS` greedy tokens through the shared buffers, which must be PyTorch's."""
-        from vitron_rt.models.llm import EmbedTokens, greedy_generate
+        from vitron_rt.models.llm import EmbedTokens
 
         module.eval()
         embed = EmbedTokens(module.input_embeddings())
-        g = torch.Generator().manual_seed(PROMPT_SEED)
-        prompt = torch.randint(0, module.vocab_size, (1, PROMPT_LEN), generator=g)  # (1, T)
-        with torch.no_grad():
-            ref = greedy_generate(module, embed, prompt[0].tolist(), GREEDY_TOKENS, eos_token_id=None)
+        prompt_ids, ref = reference_greedy(module)
+        prompt = torch.tensor([prompt_ids])  # (1, T)
         buffer = min(self.buffer_length_for(module), PROMPT_LEN + GREEDY_TOKENS)
         rows: list[ValidationRow] = []
         label = spec.name

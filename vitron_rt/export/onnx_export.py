@@ -139,7 +139,7 @@ def export_component(
         json.dumps(attributes, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SpecError(f"spec {spec.name!r}: attributes must be plain JSON values ({e})") from None
-    variants = tuple(_build_variant(v, spec, module, main, out_dir) for v in spec.variants)
+    variants = tuple(build_variant(v, spec, module, main, out_dir) for v in spec.variants)
     entry = ComponentEntry(
         file=FileRef.of(out_dir, main.name),
         external_data=tuple(FileRef.of(out_dir, p) for p in external_files(graph)),
@@ -253,9 +253,11 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-def _build_variant(
+def build_variant(
     variant: Variant | GraphVariant, spec: ExportSpec, module: nn.Module, main: Path, out_dir: Path
 ) -> VariantEntry:
+    """Write `variant` of `spec`'s component into `out_dir` (from `main`, or from the
+    module for a GraphVariant) and return its manifest entry."""
     dst = out_dir / f"{spec.name}.{variant.kind}.onnx"
     _remove_onnx(dst)
     try:
@@ -270,11 +272,14 @@ def _build_variant(
     graph = onnx.load(str(dst), load_external_data=False)
     if not isinstance(variant, GraphVariant):  # a GraphVariant has its own I/O contract
         check_io_names(graph, spec, str(dst))
+    graph_variant = isinstance(variant, GraphVariant)
     return VariantEntry(
         kind=variant.kind,
         file=FileRef.of(out_dir, dst.name),
         external_data=tuple(FileRef.of(out_dir, p) for p in external_files(graph)),
         reason=variant.reason,
+        precision=variant.precision if graph_variant else "fp32",
+        attributes=dict(variant.attributes()) if graph_variant else {},
     )
 
 

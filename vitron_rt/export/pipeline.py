@@ -1,6 +1,8 @@
 """Export a whole reference model into a bundle, and check a bundle against its reference.
 
     Reference (source.py) ──► for each component: spec.bind → export_component → validate
+                              (the decoder: + its quantised variants with `quant=`, checked
+                              by agreement with fp32, export/llm_quant.py)
                           ──► greedy parity of the LLM (32 tokens, exact)
                           ──► tokenizer.json + chat_template.jinja
                           ──► manifest.json, then one rename (BundleWriter): all or nothing
@@ -8,8 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vitron_rt.bundle import (
@@ -20,17 +23,23 @@ from vitron_rt.bundle import (
     Producer,
     SignalInfo,
     TokenizerInfo,
+    VariantEntry,
+    load_bundle,
+    write_manifest,
 )
 from vitron_rt.export import specs as _specs  # noqa: F401  (registers every component spec)
 from vitron_rt.export.bundle_writer import BundleWriter
+from vitron_rt.export.errors import ExportError
 from vitron_rt.export.greedy import GREEDY_TOKENS, greedy_parity
-from vitron_rt.export.onnx_export import ExportedComponent, export_component
+from vitron_rt.export.onnx_export import ExportedComponent, build_variant, export_component
 from vitron_rt.models.source import Reference, from_source
 from vitron_rt.export.spec import get_spec
 from vitron_rt.export.llm_gqa import KIND as GQA_KIND
 from vitron_rt.engines.ort import OrtRunner
 from vitron_rt.export.validate import ToleranceError, ValidationRow, validate_component
 
+# The decoder component: the one spec with quantised variants (`export --quant`).
+LLM_DECODER = "llm_decoder"
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The parity prompt: plain text, tokenised by the bundle's own tokenizer.
@@ -42,20 +51,34 @@ def _quiet(_: str) -> None:
 
 
 def export_bundle(
-    ref: Reference, out: str | Path, *, overwrite: bool = False, log: Callable[[str], None] = _quiet
+    ref: Reference,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = _quiet,
+    quant: Sequence[str] = (),
 ) -> tuple[Path, list[ValidationRow]]:
     """Export, validate (on shapes other than the export shapes) and write the bundle.
-    Any failure raises and leaves no bundle behind."""
+    `quant`: also write the decoder's weight-quantised variants of these modes ("int4",
+    "int8"; export/llm_quant.py), checked by agreement with fp32. Any failure raises and
+    leaves no bundle behind."""
+    if quant and not ref.has_llm:
+        raise ExportError(f"quantisation {', '.join(quant)} applies to the LLM decoder; this model has none")
     rows: list[ValidationRow] = []
     with BundleWriter(out, overwrite=overwrite) as writer:
         entries = {}
         for name, module in ref.components.items():
             spec = get_spec(name).bind(module)
+            if quant and name == LLM_DECODER:
+                spec = spec.with_quant(quant)
             exported = export_component(module, spec, writer.staging)
             file_rows = validate_component(module, spec, exported)
             rows += file_rows
-            worst = max(r.max_abs_err for r in file_rows)
+            quantised = {v.kind for v in exported.entry.variants if v.precision != "fp32"}
+            worst = max(r.max_abs_err for r in file_rows if r.file not in quantised)
             log(f"  {name:<34} exported and checked on {len(spec.resolve(module).cases)} new shapes, max abs err {worst:.2g}")
+            for kind in sorted(quantised):
+                log(f"  {name:<34} {kind}: {_quant_summary([r for r in file_rows if r.file == kind])}")
             entries[name] = exported.entry
         tokenizer = _write_tokenizer(ref, writer)
         llm = _llm_info(ref)
@@ -90,6 +113,9 @@ def check_bundle(bundle: Bundle, runner: Callable = OrtRunner, ref: Reference | 
             raise KeyError(f"the bundle has {name!r} but its reference model has no such component")
         module = ref.components[name]
         spec = get_spec(name).bind(module)
+        quant = [v.precision for v in bundle.component(name).variants if v.precision != "fp32"]
+        if quant and name == LLM_DECODER:
+            spec = spec.with_quant(quant)
         exported = ExportedComponent(name, bundle.root, bundle.component(name))
         rows += validate_component(module, spec, exported, runner=runner, strict=False)
     llm = bundle.manifest.llm
@@ -107,6 +133,62 @@ def check_bundle(bundle: Bundle, runner: Callable = OrtRunner, ref: Reference | 
             )
         )
     return rows
+
+
+def add_quant_variants(
+    bundle_path: str | Path,
+    quant: Sequence[str],
+    *,
+    ref: Reference | None = None,
+    log: Callable[[str], None] = _quiet,
+) -> list[ValidationRow]:
+    """Add the decoder's quantised variants of `quant` to an exported bundle, made from
+    its fp32 ort-gqa file (nothing is exported again). Each is built and checked, then the
+    manifest is rewritten in one rename; a failed check removes the new files and leaves
+    the bundle as it was. Modes the bundle has already are skipped."""
+    bundle = load_bundle(bundle_path)
+    llm = bundle.manifest.llm
+    if llm is None:
+        raise ExportError(f"{bundle.root}: quantisation applies to the LLM decoder; this bundle has none")
+    entry = bundle.component(llm.component)
+    have = {v.kind for v in entry.variants}
+    ref = ref or from_source(bundle.manifest.source)
+    module = ref.components[llm.component]
+    spec = get_spec(llm.component).bind(module).with_quant(quant)
+    added: list[VariantEntry] = []
+    rows: list[ValidationRow] = []
+    try:
+        for variant in spec.variants:
+            if getattr(variant, "precision", "fp32") == "fp32" or variant.kind in have:
+                continue
+            main = bundle.component_path(llm.component)
+            added.append(build_variant(variant, spec, module, main, bundle.root))
+            file_rows = variant.validate(module, spec, bundle.root / added[-1].file.path)
+            log(f"  {llm.component:<34} {variant.kind}: {_quant_summary(file_rows)}")
+            rows += file_rows
+        if added:
+            components = dict(bundle.manifest.components)
+            components[llm.component] = dataclasses.replace(entry, variants=(*entry.variants, *added))
+            write_manifest(dataclasses.replace(bundle.manifest, components=components), bundle.root)
+    except BaseException:
+        for v in added:
+            for ref_file in (v.file, *v.external_data):
+                (bundle.root / ref_file.path).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _quant_summary(rows: list[ValidationRow]) -> str:
+    """One log line for a quantised variant's check: what it measured, against what."""
+    parts = []
+    for r in rows:
+        if r.output == "weights":
+            parts.append(f"weights within {r.max_abs_err:.3g} steps (<= {r.tolerance.atol:g})")
+        elif r.output in ("logits", "hidden_states"):
+            parts.append(f"{r.output} median rel err {r.result.stat_rel_err:.2g} (<= {r.tolerance.rtol:g})")
+        else:
+            parts.append(f"{r.output} {1 - r.max_abs_err:.2f} (>= {1 - r.tolerance.atol:.2f})")
+    return "; ".join(parts) + ("" if all(r.passed for r in rows) else " FAILED")
 
 
 # --------------------------------------------------------------------------- manifest sections

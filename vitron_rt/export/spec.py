@@ -92,6 +92,11 @@ class GraphVariant(ABC):
 
     kind: str
     reason: str
+    precision: str = "fp32"  # of its weights; the manifest records it (e.g. "int4")
+
+    def attributes(self) -> dict[str, Any]:
+        """Facts for the manifest's variant entry (JSON values), e.g. a quantisation scheme."""
+        return {}
 
     @abstractmethod
     def build_from(self, module: nn.Module, dst: Path) -> None:

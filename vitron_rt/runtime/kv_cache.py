@@ -17,10 +17,11 @@ tensor memory; ONNX Runtime allocates the L×2 presents (and frees the pasts the
 `SharedBufferKvCache` removes the graph's copy too, over the decoder's "ort-gqa" variant
 (`export/llm_gqa.py`), whose past and present share one pre-allocated buffer per layer:
 
-    kv buffer ×L (1,Hkv,limit,hd) ──► past_key_values.i.*  ┐ GroupQueryAttention writes
-                                  ◄── present.i.*          ┘ the T new rows in place
+    kv buffer ×L (1,Hkv,cap,hd) ──► past_key_values.i.*  ┐ GroupQueryAttention writes
+                                ◄── present.i.*          ┘ the T new rows in place
 
-Each buffer is allocated once and bound as both past and present; the step's position
+Each buffer is bound as both past and present (allocated when a step first needs more
+room than it has, not per step: see `SharedBufferKvCache`); the step's position
 comes from the attention mask's width (P+T), a view of the cache's all-ones buffer.
 `truncate` only moves `length`, and `commit=False` simply leaves `length` where it was
 (the positions written past it are overwritten by the next step). Callers see no
@@ -200,22 +201,41 @@ class OrtKvCache(KvCache):
 
 
 class SharedBufferKvCache(OrtKvCache):
-    """The "ort-gqa" variant on an ONNX Runtime session: one (1,Hkv,limit,hd) OrtValue per
-    layer and K/V, bound once as both past and present (see the module docstring). Per
-    step only the embeddings and the mask view are rebound; nothing is allocated and no
-    past is copied. `limit` is capped at the variant's `llm.kv_buffer_length`."""
+    """The "ort-gqa" variant on an ONNX Runtime session: one (1,Hkv,capacity,hd) OrtValue
+    per layer and K/V, bound as both past and present (see the module docstring). Per step
+    only the embeddings and the mask view are rebound; nothing is allocated and no past is
+    copied. `limit` is capped at the variant's `llm.kv_buffer_length`.
+
+    The buffers hold `capacity` positions, not `limit`: GroupQueryAttention's CPU kernel
+    works over the whole buffer length (measured on SmolLM2 decode: +0.5 ms a step, ~4%,
+    with 8192 positions against 128), so they start at the first step's need rounded up
+    to `GROW` positions and double when a step needs more (one copy of the cached rows;
+    a 47-token prompt and 64 new tokens never grow), up to `limit`."""
+
+    GROW = 256  # capacity granularity, in positions
 
     def __init__(self, runner: OrtRunner, llm: LlmInfo, limit: int):
         if llm.kv_buffer_length is None:
             raise EngineError(f"{llm.component}: the manifest gives no kv_buffer_length for a shared KV buffer")
         super().__init__(runner, llm, min(int(limit), llm.kv_buffer_length))
+        self.capacity = 0
+        self._arrays: list[np.ndarray] = []  # (1, Hkv, capacity, hd) each, the memory the OrtValues wrap
+        self._buffers: list[Any] = []
+
+    def _reserve(self, n: int) -> None:
+        """Buffers of at least `n` positions (<= limit), the cached rows carried over."""
+        if n <= self.capacity:
+            return
         import onnxruntime
 
-        shape = (1, llm.num_kv_heads, self.limit, llm.head_dim)  # (1, Hkv, limit, hd)
-        dtype = np.dtype(llm.kv_dtype).type
-        self._buffers = [
-            onnxruntime.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cpu") for _ in self._past_names
-        ]
+        llm = self.llm
+        cap = min(self.limit, max(2 * self.capacity, -(-n // self.GROW) * self.GROW))
+        shape = (1, llm.num_kv_heads, cap, llm.head_dim)  # (1, Hkv, capacity, hd)
+        arrays = [np.empty(shape, dtype=llm.kv_dtype) for _ in self._past_names]
+        for old, new in zip(self._arrays, arrays):
+            new[:, :, : self.length] = old[:, :, : self.length]
+        self._arrays, self.capacity = arrays, cap
+        self._buffers = [onnxruntime.OrtValue.ortvalue_from_numpy(a) for a in arrays]  # views, no copy
         for past, present, value in zip(self._past_names, self._present_names, self._buffers):
             self._binding.bind_ortvalue_input(past, value)
             self._binding.bind_ortvalue_output(present, value)  # same slot as OrtKvCache's
@@ -223,6 +243,7 @@ class SharedBufferKvCache(OrtKvCache):
     def _forward(self, embeds: np.ndarray, commit: bool) -> StepOutput:
         b, llm = self._binding, self.llm
         p, t = self.length, embeds.shape[1]
+        self._reserve(p + t)
         self._embeds = embeds
         b.bind_input(llm.inputs_embeds, "cpu", 0, np.float32, embeds.shape, embeds.ctypes.data)
         b.bind_input(llm.attention_mask, "cpu", 0, np.int64, (1, p + t), self._mask.ctypes.data)  # (1, P+T)

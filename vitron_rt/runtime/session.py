@@ -64,6 +64,9 @@ from vitron_rt.runtime.tokenizer import Tokenizer
 
 # The decoder variant with a shared past/present KV buffer (export/llm_gqa.py).
 SHARED_KV_VARIANT = "ort-gqa"
+# Decoder weight precisions a session can be asked for (`quant=`): fp32 is the exported
+# model; the others are quantised variants written by `export --quant` (export/llm_quant.py).
+QUANT_CHOICES = ("fp32", "int4", "int8")
 # Stands in for a reply when the template is asked where it writes one.
 _REPLY_SENTINEL = "\x00vitron-rt-reply\x00"
 
@@ -109,6 +112,12 @@ class Session:
     `shared_kv`: on ONNX Runtime with IOBinding, run the decoder's "ort-gqa" variant when
     the bundle has one (one in-place KV buffer per layer, no copy of the past per step);
     False keeps the standard graph and `OrtKvCache`.
+    `quant`: run the decoder's weight-quantised variant of that precision ("int4",
+    "int8"), which `export --quant` wrote beside the fp32 files; its tokens differ from
+    fp32's (the bench's quality section measures by how much), so it runs only when asked,
+    and a bundle without it, or a setting it cannot run under (TensorRT, no IOBinding,
+    `shared_kv=False`), is an error rather than a silent fp32 run. None or "fp32": the
+    fp32 decoder (the default). `decoder_variant` says which file the generator runs.
     """
 
     def __init__(
@@ -122,9 +131,13 @@ class Session:
         verify: bool = True,
         io_binding: bool = True,
         shared_kv: bool = True,
+        quant: str | None = None,
     ):
         if engine not in ENGINES:
             raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        quant = quant or "fp32"
+        if quant not in QUANT_CHOICES:
+            raise ValueError(f"unknown quant {quant!r}; known: {', '.join(QUANT_CHOICES)}")
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise ValueError(f"threads must be a whole number >= 0, got {threads!r}")
         self.bundle = load_bundle(bundle_path, verify=verify)
@@ -146,16 +159,23 @@ class Session:
         self._variant_runners: list[Runner] = []  # e.g. the decoder's ort-gqa file
         self.runners = _RunnerView(self)
         llm = manifest.llm
-        shared = (
+        self.quant = quant
+        # The decoder file the generator runs: a variant kind, or None for the standard graph.
+        self.decoder_variant: str | None = None
+        if quant != "fp32":
+            self.decoder_variant = _quant_variant(self.bundle, llm, quant, engine, io_binding, shared_kv)
+        elif (
             shared_kv
             and io_binding
             and engine == "ort"
             and llm.kv_buffer_length is not None
             and any(v.kind == SHARED_KV_VARIANT for v in self.bundle.component(llm.component).variants)
-        )
+        ):
+            self.decoder_variant = SHARED_KV_VARIANT
+        shared = self.decoder_variant is not None
         try:
             if shared:  # the generator's own runner; `runner(llm.component)` stays the standard graph
-                decoder = make_runner(self.bundle, llm.component, engine, self.options, variant=SHARED_KV_VARIANT)
+                decoder = make_runner(self.bundle, llm.component, engine, self.options, variant=self.decoder_variant)
                 self._variant_runners.append(decoder)
                 decoder.activate()
             else:
@@ -227,6 +247,31 @@ class Session:
             out_dir=out_dir,
             on_text=on_text,
         )
+
+
+def _quant_variant(bundle: Any, llm: Any, quant: str, engine: str, io_binding: bool, shared_kv: bool) -> str:
+    """The kind of the decoder variant with `quant` weights over the shared KV buffer, or a
+    `BundleError` / `EngineError` saying why this session cannot run one."""
+    entry = bundle.component(llm.component)
+    found = [
+        v.kind
+        for v in entry.variants
+        if v.precision == quant and (v.kind == SHARED_KV_VARIANT or v.attributes.get("base") == SHARED_KV_VARIANT)
+    ]
+    if not found:
+        have = ", ".join(f"{v.kind} ({v.precision})" for v in entry.variants) or "none"
+        raise BundleError(
+            f"{bundle.root}: the bundle has no {quant} decoder (variants: {have}); "
+            f"export it with `vitron-rt export ... --quant {quant}`"
+        )
+    if engine != "ort" or not io_binding or not shared_kv:
+        raise EngineError(
+            f"the {quant} decoder ({found[0]}) runs on ONNX Runtime over its shared KV buffer only "
+            "(engine ort, io_binding and shared_kv on)"
+        )
+    if llm.kv_buffer_length is None:
+        raise BundleError(f"{bundle.root}: the manifest gives no llm.kv_buffer_length for the {quant} decoder")
+    return found[0]
 
 
 class _RunnerView(Mapping[str, Runner]):
@@ -501,6 +546,7 @@ class Conversation:
         self._ids = [*self._ids[: mark.n_ids], *ids, *reply_ids]
         self.messages = [*messages, {"role": "assistant", "content": content}]
         debug = {
+            "decoder": {"variant": s.decoder_variant, "quant": s.quant},
             "prefill_positions": embeds.shape[1],
             "reused_positions": mark.positions,
             "reprefill": reprefill,

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Iterable
+
 from vitron_rt.bundle import DimRange, Profile, Tolerance
+from vitron_rt.export.errors import SpecError
 from vitron_rt.export.llm_gqa import OrtGqaDecoder
+from vitron_rt.export.llm_quant import QUANT_MODES, QuantizedGqaDecoder
 from vitron_rt.export.spec import IO, ExportSpec, register_spec
 
 # A deep fp32 decoder accumulates summation-order differences layer by layer: on
@@ -31,6 +35,12 @@ DECODER_TOLERANCE = Tolerance(
 LOGITS_TOLERANCE = Tolerance(
     atol=1e-3, rtol=1e-3, argmax=True, reason="as the decoder's outputs, plus greedy tokens must match exactly"
 )
+# The decoder over one shared KV buffer per layer (export/llm_gqa.py), and its weight-
+# quantised copies (export/llm_quant.py), written only when asked: `export --quant int4`.
+ORT_GQA = OrtGqaDecoder()
+QUANT_VARIANTS: dict[str, QuantizedGqaDecoder] = {
+    mode: QuantizedGqaDecoder(scheme, base=ORT_GQA) for mode, scheme in QUANT_MODES.items()
+}
 
 
 @register_spec("embed_tokens")
@@ -69,7 +79,7 @@ class LlmDecoderSpec(ExportSpec):
     default_tolerance = DECODER_TOLERANCE
     # ONNX Runtime serves the decoder over one shared KV buffer per layer (no copy of the
     # past per step); its own graph and check, see export/llm_gqa.py.
-    variants = (OrtGqaDecoder(),)
+    variants = (ORT_GQA,)
     # Traced with a non-empty past; validated on an empty one (a first prefill), a single
     # decode token, another batch and a longer past.
     export_shapes = {"batch": 2, "sequence": 3, "total_sequence": 8, "past_sequence": 5}
@@ -90,6 +100,18 @@ class LlmDecoderSpec(ExportSpec):
         bound.inputs = (*self.inputs, *kv_in)
         bound.outputs = (*self.outputs, *kv_out)
         bound.check_declaration()
+        return bound
+
+    def with_quant(self, modes: Iterable[str]) -> "LlmDecoderSpec":
+        """This spec with the quantised decoder variants of `modes` ("int4", "int8") added
+        after the ort-gqa variant they are made from (each at most once)."""
+        modes = list(dict.fromkeys(modes))
+        unknown = [m for m in modes if m not in QUANT_VARIANTS]
+        if unknown:
+            raise SpecError(f"unknown quantisation {unknown[0]!r}; known: {', '.join(QUANT_VARIANTS)}")
+        bound = type(self)(self.name)
+        bound.inputs, bound.outputs = self.inputs, self.outputs
+        bound.variants = (*self.variants, *(QUANT_VARIANTS[m] for m in modes if QUANT_VARIANTS[m] not in self.variants))
         return bound
 
     def profiles_for(self, module):
