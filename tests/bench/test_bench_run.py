@@ -177,3 +177,14 @@ def test_bench_package_imports_no_torch_until_run():
     code = "import sys, vitron_rt.bench.run, vitron_rt.bench.report; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_peak_rss_of_a_child_is_its_own():
+    """Linux carries a process's pre-exec RSS high-water mark into getrusage's ru_maxrss,
+    so a probe started by a large parent would report the parent's peak: the bench reads
+    VmHWM instead. The parent here holds ~400 MiB; the child must report far less."""
+    ballast = np.ones(400 * (1 << 20) // 8)  # ~400 MiB, touched
+    code = "from vitron_rt.bench.stats import peak_rss_mib; print(peak_rss_mib())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 200, done.stdout
+    assert ballast.sum() > 0

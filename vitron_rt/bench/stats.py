@@ -106,7 +106,17 @@ def measure(
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, MiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size so far, MiB: VmHWM from /proc on Linux.
+    Not getrusage's ru_maxrss there: Linux carries the pre-exec high-water mark into it, so
+    a child started by a large process (the bench, with torch loaded) would report its
+    parent's peak. Elsewhere ru_maxrss (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024.0
 
