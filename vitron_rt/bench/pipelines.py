@@ -228,7 +228,8 @@ def video_fps(session: Any, reference: Any, clips: Mapping[int, Path], out_dir: 
 
 
 class _EagerSegmentVideo:
-    """The loop a PyTorch user writes: per frame, torch resize + normalise + pad, the SAM
+    """The loop a PyTorch user writes: per frame, torch resize (antialiased bilinear, as
+    the runtime's Pillow-style resize) + normalise + pad, the SAM
     encoder and decoder (the previous frame's logits as the mask prompt), torch upsample,
     threshold and alpha blend, and the same MP4 writer. Sequential, no threads."""
 
@@ -267,7 +268,8 @@ class _EagerSegmentVideo:
                 nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
                 with torch.no_grad():
                     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
-                    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+                    # antialias: the Pillow-style filter the runtime (and SAM's processor) uses
+                    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
                     x = F.pad((x - self.mean) / self.std, (0, s - nw, 0, s - nh))
                 emb = self.comps["seg_image_encoder"](pixel_values=x.numpy())["image_embeddings"]
                 m = self.mask_size

@@ -73,7 +73,11 @@ def render_markdown(result: dict[str, Any]) -> str:
             out.append("Decode step (median ms) against context length:\n\n" + _table(["context", *names], rows) + "\n")
     quality = result.get("quality")
     if quality:
-        out.append("### Quantised decoder quality\n\n```\n" + _json_block(quality) + "\n```\n")
+        brief = {k: v for k, v in quality.items() if k != "decoders"}
+        brief["decoders"] = {q: {k: v for k, v in d.items() if k != "per_prompt"} for q, d in quality.get("decoders", {}).items()}
+        out.append(
+            "### Quantised decoder quality (per-prompt rows in the JSON)\n\n```\n" + _json_block(brief) + "\n```\n"
+        )
     ttft = result.get("image_ttft")
     if ttft:
         out.append(
