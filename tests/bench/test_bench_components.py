@@ -30,7 +30,8 @@ def test_one_row_per_component_with_every_figure(tiny_rows):
         for side in ("eager", "ort", "ort_unfused"):
             assert r[side]["n"] == 2 and r[side]["median_ms"] > 0
             assert r[side]["median_ms"] <= r[side]["p90_ms"] <= r[side]["p99_ms"]
-        assert r["speedup"] == pytest.approx(r["eager_ms"] / r["ort_ms"], rel=1e-2)
+        # from the 4-decimal medians: eager_ms / ort_ms are rounded to 0.01 ms, too coarse at tiny sizes
+        assert r["speedup"] == pytest.approx(r["eager"]["median_ms"] / r["ort"]["median_ms"], rel=1e-2)
         assert r["flops"] > 0 and r["gflop"] == round(r["flops"] / 1e9, 3)
         ort_s = r["ort"]["median_ms"] / 1e3
         assert r["pct_of_gemm"] == pytest.approx(100 * r["flops"] / ort_s / 1e9 / GEMM, abs=0.051)
