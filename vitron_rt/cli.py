@@ -333,6 +333,7 @@ def _bench(args: argparse.Namespace) -> int:
                        code=EXIT_USAGE) from None  # fmt: skip
     from vitron_rt.bench.report import render_markdown, write_plots
     from vitron_rt.bench.run import BenchOptions, Progress, run_bench
+    from vitron_rt.demo import DemoError
 
     if args.repeats < 1 or args.threads < 1 or args.max_new_tokens < 2:
         raise CliError("vitron-rt bench: --repeats and --threads must be >= 1, --max-new-tokens >= 2", code=EXIT_USAGE)
@@ -358,7 +359,7 @@ def _bench(args: argparse.Namespace) -> int:
     quiet_libraries()
     try:
         result = run_bench(args.bundle, opts, progress)
-    except (BundleError, OSError) as e:
+    except (BundleError, DemoError, OSError) as e:  # DemoError: the sample image / video is not installed
         raise CliError(f"vitron-rt bench: {_one_line(e)}") from None
     finally:
         close = getattr(progress, "close", None)

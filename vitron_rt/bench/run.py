@@ -189,7 +189,6 @@ def _llm_section(
     ids = llm_bench.prompt_ids(session.tokenizer)
     n = opts.new_tokens
     llm = session.manifest.llm
-    entry = session.bundle.component(llm.component)
     engines: list[tuple[str, Callable[[], Any], int | None]] = []  # name, run, weight bytes
     owned: list[Any] = []
 
@@ -214,7 +213,7 @@ def _llm_section(
         engines.append((eager_name, lambda: eager.generate(ids, n), main_bytes))
     errors: list[dict[str, Any]] = []
     if opts.peers:
-        engines += _genai_engines(session, opts, progress, errors)
+        engines += _genai_engines(session, ids, opts, progress, errors)
 
     stats = {name: llm_bench.GenerationStats(name) for name, _, _ in engines}
     for name, fn, _ in engines:  # warm-up
@@ -256,7 +255,7 @@ def _llm_section(
     }
 
 
-def _genai_engines(session: Any, opts: BenchOptions, progress: Progress, errors: list) -> list:
+def _genai_engines(session: Any, ids: list[int], opts: BenchOptions, progress: Progress, errors: list) -> list:
     from vitron_rt.bench import peers
 
     why = peers.genai_available()
@@ -269,7 +268,6 @@ def _genai_engines(session: Any, opts: BenchOptions, progress: Progress, errors:
         return []
     cache = opts.cache or peers.DEFAULT_CACHE
     engines = []
-    ids = llm_bench.prompt_ids(session.tokenizer)
     try:
         hf = peers.hf_folder_for(checkpoint, cache)
     except (peers.PeerUnavailable, OSError, ValueError) as e:
