@@ -38,7 +38,7 @@ from vitron_rt.kernels.resample import (
     cv_linear_table,
     identity_table,
     pil_table,
-    resize_pillow,
+    pillow_resize,
 )
 
 
@@ -246,8 +246,9 @@ def preprocess_cpu(
     if spec.filter is Filter.LINEAR:
         resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else rgb
     else:
-        resized = resize_pillow(rgb, nh, nw, "bilinear" if spec.filter is Filter.PIL_BILINEAR else "bicubic")
+        resized = pillow_resize(rgb, nh, nw, "bilinear" if spec.filter is Filter.PIL_BILINEAR else "bicubic")
     return _write_canvas(resized, pl, spec, out)
+
 
 
 def preprocess_reference(frame: np.ndarray, spec: PreprocessSpec, fmt: PixelFormat = PixelFormat.RGB) -> np.ndarray:

@@ -44,7 +44,7 @@ import numpy as np
 from vitron_rt import kernels
 from vitron_rt.bundle import ImagePreprocess
 from vitron_rt.kernels.preprocess import fit_longest_side, fit_shortest_side  # noqa: F401  (part of this module's API)
-from vitron_rt.kernels.resample import PIL_FILTERS, resize_pillow
+from vitron_rt.kernels.resample import PIL_FILTERS, pillow_resize
 from vitron_rt.runtime.errors import MediaError
 
 # FFmpeg logs every damaged packet to stderr; a bad file is reported once, as a MediaError.
@@ -167,13 +167,13 @@ def _check_rgb(img: np.ndarray) -> np.ndarray:
 
 
 def resize(img: np.ndarray, height: int, width: int, kind: str = "bicubic") -> np.ndarray:
-    """Resize (H, W, C) uint8 to (height, width, C) exactly as Pillow's `Image.resize` with
-    BICUBIC or BILINEAR does for an 8-bit image: horizontal pass, then vertical."""
+    """Resize (H, W, C) uint8 to (height, width, C) with Pillow's `Image.resize`, BICUBIC or
+    BILINEAR, as Hugging Face's image processors do."""
     if kind not in PIL_FILTERS:
         raise ValueError(f"resize kind must be one of {', '.join(PIL_FILTERS)}, got {kind!r}")
     if height < 1 or width < 1:
         raise MediaError(f"cannot resize to {width} x {height} pixels")
-    return resize_pillow(img, height, width, kind)
+    return pillow_resize(img, height, width, kind)
 
 
 class ResizeMode(str, enum.Enum):
