@@ -59,6 +59,20 @@ def test_blend_table_is_addweighted(alpha, color):
     assert blend_lut(color, alpha).shape == (3, 256)
 
 
+def test_overlay_writes_into_a_frame_view():
+    """A non-contiguous view (a crop of a bigger frame) is blended in place too, and the
+    pixels around it are left alone."""
+    big = RNG.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    original = big.copy()
+    mask = RNG.random((40, 50)) > 0.5
+    view = big[10:50, 20:70]
+    want = overlay_reference(view, mask, (30, 144, 255), 0.5)
+    overlay_cpu(view, mask, (30, 144, 255), 0.5)
+    np.testing.assert_array_equal(big[10:50, 20:70], want)
+    big[10:50, 20:70] = original[10:50, 20:70]
+    np.testing.assert_array_equal(big, original)
+
+
 @pytest.mark.parametrize("geom", GEOMETRIES[1:5], ids=str)
 def test_cpu_backend_fuses_mask_and_overlay(geom):
     logits = RNG.standard_normal(geom.logits_hw).astype(np.float32)
