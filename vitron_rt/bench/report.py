@@ -91,6 +91,23 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
             + f"\n\nSpeed-up {ttft['speedup']}x. {ttft['note']}.\n"
         )
+    real = result.get("image_ttft_realistic")
+    if real:
+        pf = real["prefill"]
+        out.append(
+            f"### Image question at a realistic size: ViT-B/16 + this LLM ({real['positions']} positions)\n\n"
+            + _table(
+                ["stage", "vitron-rt ms", "PyTorch eager ms"],
+                [
+                    ["preprocess (both)", real["preprocess_ms"], real["preprocess_ms"]],
+                    ["vision: " + real["vision"]["component"], real["vision"]["vitron_rt_ms"], real["vision"]["eager_ms"]],
+                    ["projector (both, torch)", real["projector_ms"], real["projector_ms"]],
+                    [f"prefill ({pf['decoder']})", pf["vitron_rt"]["median_ms"], pf["eager"]["median_ms"]],
+                    ["total", real["vitron_rt_ms"], real["eager_ms"]],
+                ],
+            )
+            + f"\n\nSpeed-up {real['speedup']}x. {real['note']}.\n"
+        )
     tasks = result.get("tasks")
     if tasks:
         out.append("### Stages per task (ms)\n")
