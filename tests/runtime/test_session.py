@@ -338,3 +338,19 @@ def test_bad_requests_are_one_line_errors(tiny, smol, tmp_path):
     with pytest.raises(VitronInputError, match="no vision_encoder"):
         smol.run("x", image=path)
     assert not (blocker.parent / "out").exists()
+
+
+def test_pipeline_runners_do_not_spin_the_llm_runners_do(tiny_bundle):
+    """ONNX Runtime's intra-op spinning stays on for the LLM's runners (its decode loop
+    waits on them alone) and is off for the components the task pipelines run beside
+    threads of their own; options that set it explicitly win everywhere."""
+    with Session(tiny_bundle, threads=1) as session:
+        llm = session.manifest.llm
+        for name in (llm.component, llm.embed_component):
+            assert "session.intra_op.allow_spinning" not in session._options_for(name).config
+        seg = session._options_for("seg_image_encoder")
+        assert seg.config["session.intra_op.allow_spinning"] == "0" and seg.intra_op_threads == 1
+        assert session.runner("seg_image_encoder").options.config["session.intra_op.allow_spinning"] == "0"
+    chosen = OrtOptions(intra_op_threads=1, config={"session.intra_op.allow_spinning": "1"})
+    with Session(tiny_bundle, options=chosen) as session:
+        assert session._options_for("seg_image_encoder") is chosen
