@@ -38,7 +38,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     )
     if result.get("targets"):
         out.append("### Targets\n")
-        rows = [[t["target"], t["measured"], t["goal"], "met" if t["met"] else "**missed**"] for t in result["targets"]]
+        # Two decimals below 10: a ratio of 0.97 against a goal of 1.0 must not print as 1.0.
+        rows = [
+            [t["target"], f"{t['measured']:.2f}" if abs(t["measured"]) < 10 else f"{t['measured']:.1f}", t["goal"],
+             "met" if t["met"] else "**missed**"]
+            for t in result["targets"]
+        ]  # fmt: skip
         out.append(_table(["target", "measured", "goal", ""], rows) + "\n")
     llm = result.get("llm")
     if llm:
