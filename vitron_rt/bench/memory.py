@@ -9,7 +9,8 @@ runs every image task the bundle has once, and prints one JSON object:
 
   base_rss_mib       RSS after imports, before the session
   peak_rss_mib       the process's peak RSS at the end
-  weights_mib        bytes of the ONNX files (and external data) of every runner it activated
+  weights_mib        bytes of the bundle files it served from (`Session.loaded_files`: every
+                     activated runner's ONNX file and external data, the mapped embedding table)
   ratio              peak_rss_mib / weights_mib (the target: <= 1.3)
   ratio_above_base   (peak - base) / weights: what serving costs on top of the interpreter
 """
@@ -23,17 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-
-def loaded_weight_bytes(session: Any) -> int:
-    """Bytes of the bundle files behind every active runner of `session`."""
-    bundle = session.bundle
-    by_path: dict[Path, int] = {}
-    for entry in bundle.manifest.components.values():
-        for main, extra in [(entry.file, entry.external_data), *((v.file, v.external_data) for v in entry.variants)]:
-            by_path[bundle.path(main).resolve()] = main.size + sum(f.size for f in extra)
-    runners = [*session._runners.values(), *session._variant_runners]
-    return sum(by_path.get(Path(r.path).resolve(), Path(r.path).stat().st_size) for r in runners)
 
 
 def measure_serving(bundle: str, threads: int, quant: str | None = None) -> dict[str, Any]:
@@ -54,7 +44,7 @@ def measure_serving(bundle: str, threads: int, quant: str | None = None) -> dict
                 for name, task, prompt in tasks:
                     session.run(prompt, image=image, task=task, out_dir=Path(tmp) / name,
                                 sampling=SamplingParams(greedy=True, max_new_tokens=16))  # fmt: skip
-        weights = loaded_weight_bytes(session) / (1 << 20)
+        weights = sum(session.loaded_files().values()) / (1 << 20)
         peak = peak_rss_mib()
     return {
         "base_rss_mib": round(base, 1),

@@ -363,7 +363,10 @@ class OrtRunner(Runner):
         fused = path.with_name(f".{path.name}.{os.getpid()}.fused.onnx")
         so = self._session_options(ort, level)
         so.optimized_model_filepath = str(tmp)
-        if self._model_bytes() > _EXTERNAL_DATA_ABOVE:
+        # A source with external data keeps pointing at it from the optimized file unless
+        # the initializers are written out again: give the cache its own data file then.
+        has_external = self.entry is not None and bool(self.entry.external_data)
+        if has_external or self._model_bytes() > _EXTERNAL_DATA_ABOVE:
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", path.name + ".data")
             so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:

@@ -14,7 +14,8 @@ Weights go to external data (`<name>.onnx.data`) when the module holds more than
 `EXTERNAL_DATA_THRESHOLD` bytes of parameters and buffers. The threshold is 1 GiB, half
 of protobuf's 2 GiB limit on one file, which leaves room for constants the exporter
 folds into the graph (RoPE tables, attention masks) that are not module parameters.
-Below it a component is one self-contained file, which is simpler to copy and inspect.
+Below it a component is one self-contained file, which is simpler to copy and inspect,
+unless its spec asks for external weights (`embed_tokens`: the runtime maps its table).
 
 Exporter stages hold no state between calls: `export_component` does all its I/O when
 called and nothing at import beyond importing torch and onnx.
@@ -110,7 +111,7 @@ def export_component(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     main = out_dir / f"{spec.name}.onnx"
-    external = _weight_bytes(module) > external_data_threshold
+    external = spec.external_weights or _weight_bytes(module) > external_data_threshold
     _remove_onnx(main)
     adapter = _Adapter(module, spec).eval()
     args = tuple(feeds.values())

@@ -145,6 +145,9 @@ class ExportSpec(ABC):
     # One profile as {dim: (min, opt, max)}, or several as a tuple of `Profile`s.
     profiles: ClassVar[Mapping[str, tuple[int, int, int]] | Sequence[Profile]] = {}
     variants: ClassVar[Sequence[Variant | GraphVariant]] = ()
+    # Weights always in external data (raw little-endian bytes in `<name>.onnx.data`), at
+    # any size: a runtime may map them from the file instead of loading them.
+    external_weights: ClassVar[bool] = False
 
     def __init__(self, name: str):
         self.name = name

@@ -37,6 +37,7 @@ import numpy as np
 
 from vitron_rt.bundle import LlmInfo
 from vitron_rt.engines import OrtRunner, Runner
+from vitron_rt.runtime.embedding import MappedTable
 from vitron_rt.runtime.errors import ContextLengthError
 from vitron_rt.runtime.kv_cache import KvCache, make_kv_cache
 from vitron_rt.runtime.sampling import Sampler, SamplingParams, StopChecker
@@ -87,13 +88,16 @@ class GenerationResult:
 
 
 class TokenEmbedder:
-    """`embed_tokens` for the generator: whole prompts through `infer`, and single decode
-    tokens through a binding over a (1,1) id buffer and a (1,1,D) output buffer made once
-    (ONNX Runtime), so a decode step's embedding allocates nothing. The returned
-    one-token array is that buffer: valid until the next `embed_one`."""
+    """`embed_tokens` for the generator, from a memory-mapped table (`MappedTable`: a
+    numpy row lookup, see runtime/embedding.py) when the bundle has one, else through the
+    engine: whole prompts through `infer`, and single decode tokens through a binding over
+    a (1,1) id buffer and a (1,1,D) output buffer made once (ONNX Runtime), so a decode
+    step's embedding allocates nothing. The returned one-token array is that buffer:
+    valid until the next `embed_one`."""
 
-    def __init__(self, runner: Runner, llm: LlmInfo):
-        self.runner = runner
+    def __init__(self, source: Runner | MappedTable, llm: LlmInfo):
+        self.table = source if isinstance(source, MappedTable) else None
+        self.runner = None if self.table is not None else source
         self.llm = llm
         self._id = np.zeros((1, 1), dtype=np.int64)  # (1, 1)
         self._out = np.empty((1, 1, llm.hidden_size), dtype=np.float32)  # (1, 1, D)
@@ -101,12 +105,16 @@ class TokenEmbedder:
 
     def embed(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """(T,) ids -> (1, T, D) float32, a new array."""
+        if self.table is not None:
+            return self.table.lookup(ids)
         arr = np.asarray(ids, dtype=np.int64).reshape(1, -1)  # (1, T)
         return self.runner.infer({self.llm.input_ids: arr})[self.llm.inputs_embeds]
 
     def embed_one(self, token: int) -> np.ndarray:
         """One id -> (1, 1, D), the embedder's own buffer."""
         self._id[0, 0] = token
+        if self.table is not None:
+            return self.table.lookup(self._id[0], out=self._out)
         if isinstance(self.runner, OrtRunner):
             if not self._bound:
                 self.runner.bind({self.llm.input_ids: self._id}, {self.llm.inputs_embeds: self._out})
@@ -148,7 +156,8 @@ class Generation(Iterator[str]):
 
 
 class Generator:
-    """Prefill + decode for one bundle's LLM, over two active runners.
+    """Prefill + decode for one bundle's LLM, over its token embedding (a mapped table or
+    an active runner) and an active decoder runner.
 
     `context_limit` caps the context below the model's `max_position_embeddings` (to
     bound the KV cache's memory); a prompt that does not fit raises `ContextLengthError`.
@@ -158,7 +167,7 @@ class Generator:
         self,
         llm: LlmInfo,
         tokenizer: Tokenizer,
-        embed: Runner,
+        embed: Runner | MappedTable,
         decoder: Runner,
         *,
         context_limit: int | None = None,

@@ -43,6 +43,7 @@ import numpy as np
 
 from vitron_rt.bundle import BundleError, load_bundle
 from vitron_rt.engines import ENGINES, EngineError, OrtOptions, Runner, make_runner
+from vitron_rt.runtime.embedding import MappedTable
 from vitron_rt.runtime.errors import MediaError, MessageError, RegionError, VitronInputError
 from vitron_rt.runtime.generate import GenerationResult, Generator, Usage
 from vitron_rt.runtime.kv_cache import KvCache
@@ -184,10 +185,13 @@ class Session:
                 decoder.activate()
             else:
                 decoder = self.runner(llm.component)
+            # The embedding table mapped from its file when the bundle allows (no engine
+            # holds it; bit-equal rows), else the embed_tokens runner.
+            self.embedding_table = MappedTable.from_bundle(self.bundle, llm)
             self.generator = Generator(
                 llm,
                 self.tokenizer,
-                self.runner(llm.embed_component),
+                self.embedding_table or self.runner(llm.embed_component),
                 decoder,
                 context_limit=context_limit,
                 io_binding=io_binding,
@@ -225,6 +229,21 @@ class Session:
         if SPINNING_KEY in options.config:
             return options
         return dataclasses.replace(options, config={**options.config, SPINNING_KEY: "0"})
+
+    def loaded_files(self) -> dict[Path, int]:
+        """Bytes of each bundle file the session serves from now: every active runner's
+        ONNX file with its external data, and the mapped embedding table."""
+        sizes: dict[Path, int] = {}
+        for entry in self.manifest.components.values():
+            for main, extra in [(entry.file, entry.external_data), *((v.file, v.external_data) for v in entry.variants)]:
+                sizes[self.bundle.path(main).resolve()] = main.size + sum(f.size for f in extra)
+        out: dict[Path, int] = {}
+        for runner in [*self._runners.values(), *self._variant_runners]:
+            path = Path(runner.path).resolve()
+            out[path] = sizes.get(path, path.stat().st_size)
+        if self.embedding_table is not None:
+            out[self.embedding_table.path.resolve()] = self.embedding_table.path.stat().st_size
+        return out
 
     def close(self) -> None:
         """Deactivate every runner (the session cannot be used afterwards)."""

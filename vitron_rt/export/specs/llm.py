@@ -46,7 +46,11 @@ QUANT_VARIANTS: dict[str, QuantizedGqaDecoder] = {
 @register_spec("embed_tokens")
 class EmbedTokensSpec(ExportSpec):
     """input_ids -> inputs_embeds: a Gather, kept apart from the decoder so the runtime
-    can splice image and region embeddings in between."""
+    can splice image and region embeddings in between. Its table is written as external
+    data at any size, so the runtime can memory-map it and read only the rows it looks up
+    (runtime/embedding.py) instead of holding the whole table in an engine."""
+
+    external_weights = True
 
     inputs = (IO("input_ids", {0: "batch", 1: "sequence"}, dtype="int64"),)
     outputs = (IO("inputs_embeds", {0: "batch", 1: "sequence"}),)
@@ -56,6 +60,11 @@ class EmbedTokensSpec(ExportSpec):
 
     def sample_inputs(self, module, shape):
         return module.dummy_inputs(batch=shape["batch"], seq=shape["sequence"], seed=shape["sequence"])
+
+    def attributes(self, module):
+        """The table's row count, which the runtime checks the data file against before
+        mapping it (runtime/embedding.py)."""
+        return {"table_rows": int(module.embedding.num_embeddings)}
 
 
 @register_spec("llm_decoder")
