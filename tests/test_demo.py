@@ -1,21 +1,31 @@
-"""`vitron-rt demo` runs every task end to end on the real image and video that ship in
-packages, and writes the outputs it reports."""
+"""`vitron-rt demo`: the mini preset on fresh ShapesWorld by default (tested with the
+mini bundle in tests/shapes/test_shapes_demo.py); `--preset tiny` runs every task end to
+end on the real image and video that ship in packages, and writes the outputs it reports."""
 
 import json
 import shutil
 
 import cv2
+import pytest
 
-from vitron_rt import demo
+from vitron_rt import cli, demo
 
 
-def test_demo_runs_every_task(tiny_bundle, tmp_path, capsys):
+def test_demo_defaults_to_the_trained_preset():
+    args = cli.build_parser().parse_args(["demo"])
+    assert args.preset == "mini" == demo.PRESETS[0]
+    assert (args.eval_images, args.eval_videos) == (demo.SUMMARY_IMAGES, demo.SUMMARY_VIDEOS)
+    with pytest.raises(demo.DemoError, match="unknown demo preset"):
+        demo.run_demo(demo.Path("unused"), preset="vitron-7b")
+
+
+def test_tiny_demo_runs_every_task(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
     shutil.copytree(tiny_bundle, out / "bundle-tiny")  # already exported: no second export
-    summaries = demo.run_demo(out)
+    summaries = demo.run_demo(out, preset="tiny")
     printed = capsys.readouterr().out
-    assert "RANDOM weights" in printed
+    assert "using the tiny bundle" in printed and "RANDOM weights" in printed
     assert [s["task"] for s in summaries] == [t.name for t in demo.TASKS]
     by_task = {s["task"]: s for s in summaries}
     for s in summaries:

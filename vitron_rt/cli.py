@@ -1,5 +1,5 @@
 """`vitron-rt`: one command, a subcommand per stage (export, check, build, run, bench,
-serve, demo).
+serve, demo, and the mini model's train-mini and eval-mini).
 
 Every subcommand parses its own options here and imports its stage lazily, so `--help`
 and the runtime subcommands never pay for torch. Errors a user can cause end as one line
@@ -66,7 +66,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         if args.preset:
             if args.llm or args.checkpoint or args.vision:
-                raise SourceError("--preset takes no --llm, --checkpoint or --vision: it is random weights")
+                raise SourceError("--preset takes no --llm, --checkpoint or --vision: a preset brings its own weights")
             ref = from_preset(args.preset)
         else:
             ref = from_checkpoints(llm=args.llm, checkpoint=args.checkpoint, vision=args.vision)
@@ -249,7 +249,59 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from vitron_rt.demo import main as demo_main
 
-    return demo_main(args.out)
+    if args.eval_images < 0 or args.eval_videos < 0:
+        raise CliError("vitron-rt demo: --eval-images and --eval-videos must be >= 0", code=EXIT_USAGE)
+    return demo_main(args.out, args.preset, args.seed, args.eval_images, args.eval_videos)
+
+
+def _eval_mini(args: argparse.Namespace) -> int:
+    """The accuracy table of the mini preset: export its bundle if needed, run the held-out
+    ShapesWorld set through ONNX Runtime and the PyTorch reference, print the Markdown
+    table (progress on stderr), and write it as JSON / Markdown when asked."""
+    from pathlib import Path
+
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise CliError("vitron-rt eval-mini: torch is not installed (the PyTorch reference); "
+                       "pip install 'vitron-rt[export]'", code=EXIT_USAGE) from None  # fmt: skip
+    from vitron_rt.bundle import BundleError
+    from vitron_rt.demo import DemoError, ensure_bundle
+    from vitron_rt.engines import EngineError
+    from vitron_rt.runtime.errors import VitronInputError
+    from vitron_rt.runtime.session import Session
+    from vitron_rt.shapes.evaluate import Evaluation, EvalOptions, render_markdown, write_report
+    from vitron_rt.shapes.reference import ReferenceSession
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        given = {"images": args.images, "videos": args.videos, "seed": args.seed}
+        options = EvalOptions(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        raise CliError(f"vitron-rt eval-mini: {_one_line(e)}", code=EXIT_USAGE) from None
+    quiet_libraries()
+    try:
+        bundle, ref = ensure_bundle(Path(args.bundle), "mini", log)
+        with Session(bundle) as session, ReferenceSession(bundle, ref) as reference:
+            report = Evaluation(session, reference, options, log=log).run()
+        write_report(report, Path(args.json) if args.json else None, Path(args.markdown) if args.markdown else None)
+    except (DemoError, BundleError, EngineError, VitronInputError, OSError) as e:
+        raise CliError(f"vitron-rt eval-mini: {_one_line(e)}") from None
+    print(render_markdown(report), end="")
+    return 0
+
+
+def _train_mini(args: argparse.Namespace) -> int:
+    """`python -m vitron_rt.train.mini` under the one command: its options are its own
+    (`vitron-rt train-mini --help` prints them)."""
+    try:
+        from vitron_rt.train.mini import main as train_main
+    except ModuleNotFoundError as e:
+        raise CliError(f"vitron-rt train-mini: {e.name} is not installed; pip install 'vitron-rt[export]'",
+                       code=EXIT_USAGE) from None  # fmt: skip
+    return train_main(args.forwarded)
 
 
 def _one_line(e: BaseException) -> str:
@@ -258,7 +310,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="seeded random weights for every component (tiny)")
+    p.add_argument("--preset", help="a preset's own weights: mini (trained on ShapesWorld, shipped) or tiny (seeded random)")
     p.add_argument(
         "--llm",
         metavar="PATH",
@@ -480,7 +532,38 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
+    from vitron_rt.demo import DEMO_WORLD_SEED, PRESETS, SUMMARY_IMAGES, SUMMARY_VIDEOS
+
     p.add_argument("--out", metavar="DIR", default="vitron-demo", help="folder for the demo's outputs")
+    p.add_argument("--preset", choices=PRESETS, default=PRESETS[0],
+                   help="mini: the model trained on ShapesWorld, on fresh ShapesWorld inputs (default); "
+                   "tiny: random weights on real photos and video (every stage runs, nothing is learnt)")
+    p.add_argument("--seed", type=int, default=DEMO_WORLD_SEED, metavar="S",
+                   help=f"ShapesWorld seed of the mini demo's inputs (default {DEMO_WORLD_SEED})")
+    p.add_argument("--eval-images", type=int, default=SUMMARY_IMAGES, metavar="N",
+                   help=f"images in the mini demo's accuracy summary (default {SUMMARY_IMAGES})")
+    p.add_argument("--eval-videos", type=int, default=SUMMARY_VIDEOS, metavar="N",
+                   help=f"videos in the mini demo's accuracy summary (default {SUMMARY_VIDEOS})")
+
+
+def _configure_eval_mini(p: argparse.ArgumentParser) -> None:
+    # Defaults live in EvalOptions (None here: not given); the parser stays import-free.
+    p.add_argument("--bundle", metavar="B", default="bundle-mini",
+                   help="the mini bundle (exported there first if missing or from other weights; default bundle-mini)")
+    p.add_argument("--images", type=int, metavar="N", help="held-out images (default 500)")
+    p.add_argument("--videos", type=int, metavar="N", help="held-out videos (default 50)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="ShapesWorld seed of the held-out set (default 1; training uses 0)")
+    p.add_argument("--json", metavar="F", help="write the report (every row, every sample) as JSON")
+    p.add_argument("--markdown", metavar="F", help="write the Markdown table")
+
+
+def _configure_train_mini(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(forwarded=[])
+
+
+# Subcommands whose arguments go unparsed to another program's parser (`args.forwarded`).
+FORWARDING = frozenset({"train-mini"})
 
 
 # name -> (help line, configure, handler)
@@ -508,6 +591,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]
     "bench": ("benchmark a bundle against PyTorch eager and onnxruntime-genai", _configure_bench, _bench),
     "serve": ("serve a bundle over an OpenAI-compatible HTTP API", _configure_serve, _serve),
     "demo": ("the whole path on the embedded default (ONNX Runtime, CPU)", _configure_demo, _demo),
+    "train-mini": ("train the mini model on ShapesWorld from scratch (python -m vitron_rt.train.mini)",
+                   _configure_train_mini, _train_mini),
+    "eval-mini": ("the mini model's accuracy table on held-out ShapesWorld, ONNX Runtime beside PyTorch",
+                  _configure_eval_mini, _eval_mini),
 }
 
 
@@ -521,14 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitron-rt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (help_line, configure, handler) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_line, description=help_line)
+        p = sub.add_parser(name, help=help_line, description=help_line, add_help=name not in FORWARDING)
         configure(p)
         p.set_defaults(handler=handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in FORWARDING:
+        args.forwarded = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args)
     except CliError as e:

@@ -2,12 +2,15 @@
 reference modules under their manifest names, plus the tokenizer and the config.
 
 `Reference.source` records exactly how it was built, so `vitron-rt check` can rebuild
-the same reference from the manifest alone.
+the same reference from the manifest alone. A trained preset (`mini`: weights shipped in
+`vitron_rt/models/trained`, see `vitron_rt.models.shipped`) records the sha256 of its
+weights, so a bundle is never checked against other weights than it was exported from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,18 @@ from torch import nn
 
 from vitron_rt.bundle import Source
 from vitron_rt.models.config import VitronConfig, preset
+from vitron_rt.models.shipped import (
+    TRAINED_DIR,
+    ShippedFiles,
+    ShippedWeightsError,
+    read_record,
+    read_tokenizer,
+    read_weights,
+)
 from vitron_rt.models.tokenizer import PreparedTokenizer, tiny_tokenizer
+
+# Presets whose trained weights ship with the package, and how to make them.
+TRAINED_PRESETS = {"mini": "python -m vitron_rt.train.mini --install"}
 
 
 class SourceError(ValueError):
@@ -36,22 +50,56 @@ class Reference:
         return "llm_decoder" in self.components
 
 
-def from_preset(name: str) -> Reference:
-    """Seeded random weights for every component of a preset that ships a tokenizer."""
+def from_preset(name: str, trained_dir: str | Path | None = None) -> Reference:
+    """The reference of a preset: the shipped trained weights and tokenizer of a trained
+    preset (`TRAINED_PRESETS`; read from `trained_dir`, the package's by default), seeded
+    random weights for `tiny`."""
     from vitron_rt.models.model import VitronModel
 
     cfg = preset(name)  # ValueError names the known presets
+    if name in TRAINED_PRESETS:
+        return _trained(name, cfg, Path(trained_dir) if trained_dir else TRAINED_DIR)
     if name != "tiny":
         # The real dimensions exist for shapes and parameter counts; exporting 7B random
         # weights (30 GB of fp32) proves nothing a tiny export does not, and Vicuna's
         # tokenizer does not ship here. Real weights come through --checkpoint.
         raise SourceError(
             f"preset {name!r} is for shapes only (build it on the meta device); export real "
-            "weights with --checkpoint DIR or --llm PATH, or use --preset tiny"
+            "weights with --checkpoint DIR or --llm PATH, or use --preset tiny or mini"
         )
     model = VitronModel.from_config(cfg)
     src = Source(preset=name, config={"load": {"preset": name}, "vitron": cfg.to_dict()})
     return Reference(model.components(), tiny_tokenizer(cfg.signal.num_tokens), cfg, src)
+
+
+def _trained(name: str, cfg: VitronConfig, folder: Path) -> Reference:
+    """A trained preset from its shipped files, checked: both checksums, the config the
+    weights were trained for (a preset changed since is refused), every key."""
+    from vitron_rt.models.model import VitronModel
+    from vitron_rt.models.weights import CheckpointError, assign_strict
+
+    files = ShippedFiles(folder, name)
+    try:
+        record = read_record(files)
+        state = read_weights(files)
+    except ShippedWeightsError as e:
+        raise SourceError(f"preset {name!r}: {e}; train them with `{TRAINED_PRESETS[name]}`") from None
+    if record["config"] != json.loads(json.dumps(cfg.to_dict())):
+        raise SourceError(
+            f"preset {name!r}: {files.record} was trained for another {name} config than this "
+            f"vitron-rt's; retrain with `{TRAINED_PRESETS[name]}`"
+        )
+    model = VitronModel.from_config(cfg)
+    try:
+        assign_strict(model, state, str(files.weights))
+    except CheckpointError as e:
+        raise SourceError(str(e)) from None
+    tokenizer = read_tokenizer(files, record, cfg.signal.num_tokens)
+    if tokenizer.vocab_size != cfg.llm.vocab_size:
+        raise SourceError(f"{files.tokenizer}: {tokenizer.vocab_size} entries, the LLM has {cfg.llm.vocab_size} rows")
+    load = {"preset": name, "weights_sha256": record["weights"]["sha256"]}
+    src = Source(preset=name, config={"load": load, "vitron": cfg.to_dict()})
+    return Reference(model.components(), tokenizer, cfg, src)
 
 
 def from_checkpoints(
@@ -113,7 +161,14 @@ def from_source(source: Source) -> Reference:
     if not isinstance(load, dict):
         raise SourceError("the manifest's source has no 'load' section: cannot rebuild its PyTorch reference")
     if load.get("preset"):
-        return from_preset(load["preset"])
+        ref = from_preset(load["preset"])
+        want, have = load.get("weights_sha256"), ref.source.config["load"].get("weights_sha256")
+        if want != have:
+            raise SourceError(
+                f"the bundle was exported from {load['preset']} weights with sha256 {want}; the "
+                f"installed ones are {have}: export the bundle again"
+            )
+        return ref
     missing = [p for p in (load.get("llm"), load.get("checkpoint"), load.get("vision")) if p and not Path(p).exists()]
     if missing:
         raise SourceError(f"the bundle was exported from {missing[0]}, which is not there any more")

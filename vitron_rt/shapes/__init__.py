@@ -4,6 +4,11 @@ numpy and OpenCV only (no torch): scenes and videos (`world`), their drawing and
 truth (`render`), a judge that reads shapes back from pixels (`judge`), instruction
 samples in Vitron's hybrid-message form (`tasks`) and the tokenizer trained on their
 text (`vocab`).
+
+The accuracy table of a model trained on it (`evaluate`: `vitron-rt eval-mini`) drives
+the runtime and, beside it, the PyTorch reference (`reference`, which imports torch, so
+this package does not import it); `metrics` holds its numbers (mask J and F, PSNR, edit
+criteria) and `sheet` the demo's contact sheet.
 """
 
 from vitron_rt.shapes.render import Render, VideoRender, render, render_video
