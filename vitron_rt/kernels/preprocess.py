@@ -250,7 +250,6 @@ def preprocess_cpu(
     return _write_canvas(resized, pl, spec, out)
 
 
-
 def preprocess_reference(frame: np.ndarray, spec: PreprocessSpec, fmt: PixelFormat = PixelFormat.RGB) -> np.ndarray:
     """The numpy model of the preprocess kernel: the same tables, the same integer
     arithmetic, so a kernel output must equal it exactly."""

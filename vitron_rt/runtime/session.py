@@ -225,9 +225,9 @@ class Session:
         options = self.options
         llm = self.manifest.llm
         if not isinstance(options, OrtOptions) or component in (llm.component, llm.embed_component):
-            return options
+            return options  # not ONNX Runtime, or the LLM's
         if SPINNING_KEY in options.config:
-            return options
+            return options  # the caller chose
         return dataclasses.replace(options, config={**options.config, SPINNING_KEY: "0"})
 
     def loaded_files(self) -> dict[Path, int]:
