@@ -81,7 +81,22 @@ def train(
 ) -> dict:
     """Tokenizer, then every stage (`stages`, the recipe's `STAGES` by default) for
     `steps[stage]` steps; writes `out` (see the module docstring) and returns the shipped
-    record."""
+    record. Outside the stages (which flush them) denormals are kept, as in a fresh
+    process, whatever the caller's thread does: its state would otherwise change the bytes."""
+    from vitron_rt.train.trainer import flush_denormals
+
+    with flush_denormals(False):
+        return _train(out, seed, steps, threads, log, stages)
+
+
+def _train(
+    out: Path,
+    seed: int,
+    steps: Mapping[str, int],
+    threads: int,
+    log: Callable[[str], None],
+    stages: Mapping[str, Stage] | None,
+) -> dict:
     from vitron_rt.models.model import VitronModel
     from vitron_rt.shapes.vocab import shapes_tokenizer
     from vitron_rt.train.trainer import Trainer

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,26 @@ def group_parameters(model: VitronModel, codes: CodeEncoders, group: str) -> lis
     if group not in modules:
         raise KeyError(f"unknown group {group!r}")
     return list(modules[group].parameters())
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal float results to zero (x86 FTZ), seen from a
+    product that underflows (1e-30 * 1e-9 is a float32 denormal)."""
+    return float((torch.full((1,), 1e-30) * 1e-9)[0]) == 0.0
+
+
+@contextmanager
+def flush_denormals(enabled: bool) -> Iterator[None]:
+    """Run the block with denormals flushed (`enabled`) or kept, then put back the thread's
+    state as it was. The state changes float results wherever a denormal occurs (measured:
+    the same one-step training run wrote other weights when the caller had flushing on),
+    so a run that promises the same bytes for the same seed pins it instead of inheriting it."""
+    before = denormals_flushed()
+    torch.set_flush_denormal(enabled)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 @dataclass
@@ -228,34 +249,32 @@ class Trainer:
         fixed = self.batch(stage, 0) if fixed_batch else None
         # Denormal floats (tiny gradients deep in a backward pass) run ~20x slower on x86;
         # measured: a VAE step at batch 3 took 2.7 s after one at batch 16 with them, 0.1 s
-        # with them flushed to zero. Flushing changes nothing the losses can see.
-        flushed = torch.set_flush_denormal(True)
-        try:
-            for i in range(steps):
-                t0 = time.perf_counter()
-                batch = fixed if fixed is not None else self.batch(stage, i)
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if fixed_batch else i))
-                losses = self.losses(stage, batch, gen)
-                total = sum(stage.loss_weights.get(k, 0.0) * v for k, v in losses.items())
-                if not isinstance(total, torch.Tensor):
-                    raise ValueError(f"stage {stage.name!r}: the batch gave none of its weighted losses")
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(params, stage.clip_norm)
-                opt.step()
-                sched.step()
-                row = {k: float(v.detach()) for k, v in losses.items()}
-                row["total"] = float(total.detach())
-                history.losses.append(row)
-                history.seconds.append(time.perf_counter() - t0)
-                if log is not None and (i % log_every == 0 or i == steps - 1):
-                    parts = " ".join(f"{k} {v:.4f}" for k, v in row.items())
-                    log(f"{stage.name} step {i + 1}/{steps} ({history.seconds[-1]:.2f} s): {parts}")
-        finally:
-            if flushed:
-                torch.set_flush_denormal(False)
-            self.model.eval().requires_grad_(False)
-            self.codes.eval().requires_grad_(False)
+        # with them flushed to zero.
+        with flush_denormals(True):
+            try:
+                for i in range(steps):
+                    t0 = time.perf_counter()
+                    batch = fixed if fixed is not None else self.batch(stage, i)
+                    gen = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if fixed_batch else i))
+                    losses = self.losses(stage, batch, gen)
+                    total = sum(stage.loss_weights.get(k, 0.0) * v for k, v in losses.items())
+                    if not isinstance(total, torch.Tensor):
+                        raise ValueError(f"stage {stage.name!r}: the batch gave none of its weighted losses")
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    torch.nn.utils.clip_grad_norm_(params, stage.clip_norm)
+                    opt.step()
+                    sched.step()
+                    row = {k: float(v.detach()) for k, v in losses.items()}
+                    row["total"] = float(total.detach())
+                    history.losses.append(row)
+                    history.seconds.append(time.perf_counter() - t0)
+                    if log is not None and (i % log_every == 0 or i == steps - 1):
+                        parts = " ".join(f"{k} {v:.4f}" for k, v in row.items())
+                        log(f"{stage.name} step {i + 1}/{steps} ({history.seconds[-1]:.2f} s): {parts}")
+            finally:
+                self.model.eval().requires_grad_(False)
+                self.codes.eval().requires_grad_(False)
         return history
 
     def save(self, folder: str | Path) -> Path:
