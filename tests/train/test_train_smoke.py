@@ -19,6 +19,7 @@ STEPS = 6
 SLICE = {"seg_image": 1.0, "gen_image": 1.0, "edit_recolour": 1.0}
 SMOKE: dict[str, Stage] = {
     "autoencoder": STAGES["autoencoder"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
+    "perception": STAGES["perception"].replace(batch_size=3),
     "backends": STAGES["backends"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
     "alignment": STAGES["alignment"].replace(batch_size=3),
     # Every sample has a region, so the region encoder trains too.
@@ -38,7 +39,10 @@ def trainer():
 
 
 def _snapshot(trainer: Trainer) -> dict[str, list[torch.Tensor]]:
-    return {g: [p.detach().clone() for p in group_parameters(trainer.model, trainer.codes, g)] for g in GROUPS}
+    return {
+        g: [p.detach().clone() for p in group_parameters(trainer.model, trainer.codes, g, trainer.patch_head)]
+        for g in GROUPS
+    }
 
 
 def _changed(before, after) -> set[str]:

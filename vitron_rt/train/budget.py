@@ -36,6 +36,7 @@ from vitron_rt.train.trainer import Trainer
 # LLM-free back-end steps being the cheapest way to the pixel-level quality targets.
 SHARES: dict[str, float] = {
     "autoencoder": 0.08,
+    "perception": 0.12,
     "backends": 0.30,
     "alignment": 0.10,
     "instruction": 0.32,

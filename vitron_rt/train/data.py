@@ -16,6 +16,9 @@ prepares them at serving time.
       generate / edit_*   ─► DiffItems: the target image at the VAE's size in [-1, 1], and a
                              latent-grid weight that favours the edited shape
 
+    perception (no text) ─► the image (a video: one frame) and, per cell of each patch,
+                            the colour and kind of the shape that covers it (`cell_owners`)
+
 Every random choice (which video frame, which prompt mask) comes from a numpy Generator
 the caller seeds, so a batch is a pure function of (samples, seed).
 """
@@ -23,6 +26,7 @@ the caller seeds, so a batch is a pure function of (samples, seed).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +41,7 @@ from vitron_rt.models.tokenizer import IMAGE_TOKEN, REGION_TOKEN, PreparedTokeni
 from vitron_rt.runtime.media import ResizeMode, preprocess_images, sample_frame_indices
 from vitron_rt.runtime.pipelines.postprocess import downsample_mask, to_vae_input
 from vitron_rt.shapes.chat import render_prompt, user_content
+from vitron_rt.shapes.palette import COLOURS, KINDS
 from vitron_rt.shapes.render import jittered_box
 from vitron_rt.shapes.tasks import Sample
 from vitron_rt.shapes.world import ShapeSpec
@@ -49,6 +54,8 @@ PROMPT_MASK_LOGIT = 8.0
 # Weight of the denoising loss on latent cells of the edited shape, against 1 elsewhere:
 # an edit changes a small part of the image, and only that part is composited back.
 EDIT_WEIGHT = 4.0
+COLOUR_INDEX = {c: i for i, c in enumerate(COLOURS)}
+KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class DataSpec:
     region_image_size: int
     video_frames: int
     mask_size: int  # SAM's low-res mask side (4E)
+    seg_grid: int  # E: SAM's image embedding side
     vae_size: int  # pixels the VAE takes (the UNet's native latent side x downsample)
     latent_size: int
     num_signal_tokens: int
@@ -84,6 +92,7 @@ class DataSpec:
             region_image_size=config.region.image_size,
             video_frames=config.video_frames,
             mask_size=s.mask_size,
+            seg_grid=s.image_size // s.patch_size,
             vae_size=config.unet.sample_size * f,
             latent_size=config.unet.sample_size,
             num_signal_tokens=config.signal.num_tokens,
@@ -398,3 +407,78 @@ def backend_batch(
             vae.append(sample.video[int(rng.integers(len(sample.video)))])
     return BackendBatch(vae_images=_vae_images(vae, spec), **_seg_tensors(seg, spec), **_diff_tensors(diff, spec))
 
+
+
+# --------------------------------------------------------------------------- perception
+
+
+@dataclass(frozen=True)
+class PerceptionBatch:
+    """Stage `perception`: images, and what each cell of each patch shows, for the vision
+    tower and for SAM's image encoder. A patch is cut into c x c cells; a cell is labelled
+    with the shape that covers most of it (`MIN_CELL_COVER` of it at least), or as
+    background."""
+
+    pixel_values: torch.Tensor  # (M, 3, S, S), the vision preprocess
+    colour: torch.Tensor  # (M, N, c*c) int64: index in COLOURS, len(COLOURS) for background
+    kind: torch.Tensor  # (M, N, c*c) int64: index in KINDS, len(KINDS) for background
+    seg_pixel_values: torch.Tensor  # (M, 3, Ss, Ss), SAM's preprocess
+    seg_colour: torch.Tensor  # (M, E*E, 1): one cell per embedding position
+    seg_kind: torch.Tensor
+
+
+# A cell belongs to a shape if that shape's visible part covers at least this much of it.
+MIN_CELL_COVER = 0.3
+
+
+def cell_owners(masks: np.ndarray, grid: int, cells: int) -> np.ndarray:
+    """(n, H, W) visible masks of n shapes -> (grid*grid, cells*cells) int64: the shape
+    that covers most of each cell (at least `MIN_CELL_COVER` of it), n where none does;
+    patches row-major, then the cells of a patch row-major (the vision tower's order)."""
+    n, h, w = masks.shape
+    side = grid * cells
+    if h % side or w % side:
+        raise ValueError(f"a {h} x {w} image does not cut into {side} x {side} equal cells")
+    owner = np.full((side, side), n, np.int64)
+    if n:
+        cover = masks.reshape(n, side, h // side, side, w // side).mean(axis=(2, 4), dtype=np.float32)
+        owner = np.where(cover.max(axis=0) >= MIN_CELL_COVER, cover.argmax(axis=0), n)  # (side, side)
+    # (grid, cells, grid, cells) -> (grid, grid, cells, cells) -> (N, c*c)
+    return owner.reshape(grid, cells, grid, cells).transpose(0, 2, 1, 3).reshape(grid * grid, cells * cells)
+
+
+def perception_batch(samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, cells: int) -> PerceptionBatch:
+    """A stage-`perception` batch: each sample's input image (a video: one frame, drawn by
+    `rng`) with the colour and kind of each cell's owner (`cell_owners`): `cells` per side
+    of a vision patch, one per SAM embedding position."""
+    images, masks, shapes = [], [], []
+    for sample in samples:
+        if sample.media == "image":
+            images.append(sample.image)
+            masks.append(sample.shape_masks)
+        elif sample.media == "video":
+            t = int(rng.integers(len(sample.video)))
+            images.append(sample.video[t])
+            masks.append(sample.shape_masks[t])
+        else:
+            continue
+        shapes.append(sample.scene.shapes)
+    if not images:
+        raise ValueError("a perception batch needs samples with an image or a video")
+    labels = {}
+    for name, prep, grid, c in (
+        ("", spec.vision, math.isqrt(spec.num_patches), cells),
+        ("seg_", spec.seg, spec.seg_grid, 1),
+    ):
+        if any(image.shape[:2] != (prep.image_size, prep.image_size) for image in images):
+            raise ValueError(f"perception needs images at the encoders' {prep.image_size} x {prep.image_size}")
+        colours, kinds = [], []
+        for m, sh in zip(masks, shapes):
+            owner = cell_owners(m, grid, c)
+            # Shape index -> label; index n (no shape) -> background, one past the classes.
+            colours.append(np.array([*(COLOUR_INDEX[x.colour] for x in sh), len(COLOURS)])[owner])
+            kinds.append(np.array([*(KIND_INDEX[x.kind] for x in sh), len(KINDS)])[owner])
+        labels[f"{name}pixel_values"] = torch.from_numpy(preprocess_images(images, prep))
+        labels[f"{name}colour"] = torch.from_numpy(np.stack(colours))
+        labels[f"{name}kind"] = torch.from_numpy(np.stack(kinds))
+    return PerceptionBatch(**labels)

@@ -181,7 +181,12 @@ def denoise_loss(
 
 
 def vae_loss(
-    model: VitronModel, images: torch.Tensor, generator: torch.Generator, latent_noise: float = 0.1
+    model: VitronModel,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    latent_noise: float = 0.1,
+    background: tuple[int, int, int] | None = None,
+    foreground_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Autoencoder losses on (P, 3, Hv, Wv) images in [-1, 1].
 
@@ -189,11 +194,21 @@ def vae_loss(
     L1 + MSE reconstruction from the mean plus `latent_noise` Gaussian noise (a decoder
     that tolerates the small errors of denoised latents), and a penalty holding the latents
     at zero mean and unit standard deviation, which the diffusion schedule assumes
-    (so the preset's scaling_factor is 1)."""
+    (so the preset's scaling_factor is 1). With a `background` colour (RGB 0..255), a
+    pixel that differs from it counts `foreground_weight` times in the reconstruction:
+    where the picture is mostly background, an unweighted loss is met by blurred,
+    colourless shapes."""
     z = model.vae_encoder(images)  # (P, C, h, w)
     noisy = z + latent_noise * torch.randn(z.shape, generator=generator)
     recon = model.vae_decoder(noisy)  # (P, 3, Hv, Wv)
+    err = (recon - images).abs() + (recon - images) ** 2  # (P, 3, Hv, Wv)
+    if background is None or foreground_weight == 1.0:
+        weights = torch.ones_like(images[:, :1])
+    else:
+        bg = torch.tensor(background, dtype=images.dtype).reshape(1, 3, 1, 1) / 127.5 - 1.0
+        shape = (images - bg).abs().amax(1, keepdim=True) > 0.1  # (P, 1, Hv, Wv)
+        weights = torch.where(shape, foreground_weight, 1.0)
     return {
-        "recon": F.l1_loss(recon, images) + F.mse_loss(recon, images),
+        "recon": (err * weights).sum() / (weights.sum() * 3),
         "latent_scale": (z.std() - 1.0) ** 2 + z.mean() ** 2,
     }

@@ -45,6 +45,10 @@ from vitron_rt.train.stages import STAGES, Stage
 # what two timed steps per stage cannot see (video batches are ~3x longer, and rarer):
 #   stage        batch  CPU s/step  GFLOP/step  share  steps  est. min on 2 idle cores
 #   autoencoder     16        1.58         108   0.08    140   2.2
+#   perception      32           -           -   0.12    800   ~3 (added later, measured: 0.24 s a
+#                                                              step on 2 threads for the vision tower;
+#                                                              1000 steps reached colour 99.7 %, kind
+#                                                              93.8 % of its shape cells)
 #   backends        16        3.01         109   0.30    280   8.3
 #   alignment       16        0.83          48   0.10    340   2.8
 #   instruction     16        1.70          85   0.32    540   9.0
@@ -53,10 +57,11 @@ from vitron_rt.train.stages import STAGES, Stage
 # the 2 cores (two threads wait on each other there): 60.8 minutes of wall time.
 STEPS: dict[str, int] = {
     "autoencoder": 140,
-    "backends": 280,
+    "perception": 600,
+    "backends": 250,
     "alignment": 340,
     "instruction": 540,
-    "pixel": 500,
+    "pixel": 420,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.

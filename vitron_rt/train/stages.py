@@ -3,6 +3,8 @@
     stage        data (vitron_rt.shapes.tasks)        trains                          losses
     ──────────── ──────────────────────────────────── ─────────────────────────────── ──────────────────────────────
     autoencoder  the back-end tasks' images           VAE                              L1 + MSE recon, latent scale
+    perception   ALIGNMENT_MIX's images, no text      vision, SAM encoder, heads       colour and kind of every cell
+                                                                                       of every patch (`perception`)
     backends     the back-end tasks, no text          SAM, UNet, code encoders         masks prompted by codes (+box,
                                                                                        +previous mask); denoising
                                                                                        conditioned on codes
@@ -15,10 +17,11 @@
 
 Vitron starts from pretrained parts (a CLIP tower, Vicuna, SEEM, GLIGEN) and its first
 stage trains only the projector; here every part starts from random weights. So the
-first two stages stand in for the specialists' own pretraining: the back ends learn from
+first three stages stand in for the specialists' own pretraining: the back ends learn from
 a small conditioning encoder of their own (`conditioning`: a scene code, the role SD's
 text encoder plays for GLIGEN), which needs no LLM step per example, the expensive part
-on 2 cores. Then the paper's three stages: (1) vision-language alignment, here training
+on 2 cores, and the vision tower and SAM's encoder first learn to see from the
+renderer's ground truth (the role CLIP's and SAM's pretraining play). Then the paper's three stages: (1) vision-language alignment, here training
 the vision tower and the LLM with the projector; (2) instruction and invocation tuning;
 (3) pixel-level alignment: the signal projectors are pulled towards the codes the back
 ends understand (NExT-GPT's decoding-side alignment) while the back-end losses flow
@@ -47,9 +50,10 @@ GROUPS: tuple[str, ...] = (
     "unet",
     "vae",
     "codes",  # the back ends' code encoders (training scaffolding, not exported)
+    "patch_head",  # the perception stage's per-patch heads (training scaffolding, not exported)
 )
-KINDS = ("autoencoder", "backends", "language", "pixel")
-LOSSES = ("recon", "latent_scale", "code_mask", "code_denoise", "lm", "align", "mask", "denoise")
+KINDS = ("autoencoder", "perception", "backends", "language", "pixel")
+LOSSES = ("recon", "latent_scale", "patch", "seg_patch", "code_mask", "code_denoise", "lm", "align", "mask", "denoise")
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Stage:
     """One training stage: what data, which parameters, which losses (weights), how fast.
 
     `kind` picks the step: "autoencoder" (the VAE), "backends" (SAM and the UNet on
-    codes), "language" (LLM loss only), "pixel" (LLM loss, alignment, and the back-end
+    codes), "perception" (the vision tower on per-patch ground truth), "language" (LLM loss only), "pixel" (LLM loss, alignment, and the back-end
     losses through the signal projectors). `loss_weights` name the losses of `LOSSES`
     that are summed; a loss of weight 0 is not computed. `lr_scale` multiplies the
     learning rate of some groups (back ends fine-tuned gently after their pretraining).
@@ -121,6 +125,15 @@ AUTOENCODER = Stage(
     batch_size=16,
     lr=1e-3,
 )
+PERCEPTION = Stage(
+    name="perception",
+    kind="perception",
+    mix=dict(ALIGNMENT_MIX),  # captioned scenes: 1-4 shapes, images and video frames
+    trainable=("vision", "seg_encoder", "patch_head"),
+    loss_weights={"patch": 1.0, "seg_patch": 1.0},
+    batch_size=24,
+    lr=2e-3,
+)
 BACKENDS = Stage(
     name="backends",
     kind="backends",
@@ -159,4 +172,4 @@ PIXEL = Stage(
     batch_size=8,
     lr=4e-4,
 )
-STAGES: dict[str, Stage] = {s.name: s for s in (AUTOENCODER, BACKENDS, ALIGNMENT, INSTRUCTION, PIXEL)}
+STAGES: dict[str, Stage] = {s.name: s for s in (AUTOENCODER, PERCEPTION, BACKENDS, ALIGNMENT, INSTRUCTION, PIXEL)}
