@@ -1,6 +1,6 @@
-"""Stage `perception`: each cell is labelled with the shape that covers most of it, in the
-vision tower's patch order, a video contributes one frame, and the loss weighs shapes
-over background."""
+"""Stage `perception`: each cell is labelled with the colour, kind and place of the shape
+that covers most of it, in the encoders' patch order, a video contributes one frame, and
+the loss weighs shapes over background."""
 
 import math
 
@@ -10,11 +10,11 @@ import torch
 
 from vitron_rt.models.config import preset
 from vitron_rt.shapes import ShapesWorld
-from vitron_rt.shapes.palette import COLOURS, KINDS
+from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.tasks import TaskGenerator
 from vitron_rt.shapes.vocab import shapes_tokenizer
 from vitron_rt.train.data import MIN_CELL_COVER, DataSpec, cell_owners, perception_batch
-from vitron_rt.train.perception import BACKGROUND_WEIGHT, PatchHead, cell_accuracy, patch_loss
+from vitron_rt.train.perception import BACKGROUND_WEIGHT, FIELDS, PatchHead, cell_accuracy, patch_loss
 
 CFG = preset("mini")
 
@@ -38,52 +38,48 @@ def test_cell_owners_by_cover_in_patch_order():
         cell_owners(masks[:, :15, :15], 2, 4)
 
 
-def test_the_batch_labels_the_shapes_colour_and_kind():
+def test_the_batch_labels_the_shapes_colour_kind_and_place():
     tok = shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
     spec = DataSpec.build(CFG, tok)
     gen = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
     samples = [gen.sample("caption_image", 3), gen.sample("caption_video", 4), gen.sample("gen_image", 0)]
     batch = perception_batch(samples, spec, np.random.default_rng(0), cells=2)
-    assert batch.pixel_values.shape == (2, 3, 128, 128)  # text-to-image has no input image
-    assert batch.colour.shape == batch.kind.shape == (2, spec.num_patches, 4)
-    assert batch.seg_pixel_values.shape == (2, 3, 128, 128)
-    assert batch.seg_colour.shape == batch.seg_kind.shape == (2, spec.seg_grid**2, 1)
-    # SAM's 8-pixel positions are the vision tower's cells: the same labels, laid out row-major.
-    side = 16
-    grid_cells = batch.colour[0].reshape(8, 8, 2, 2).permute(0, 2, 1, 3).reshape(side * side)
-    assert torch.equal(grid_cells, batch.seg_colour[0, :, 0])
+    assert batch.pixel_values.shape == batch.seg_pixel_values.shape == (2, 3, 128, 128)  # no input for text-to-image
+    assert set(batch.labels) == {"colour", "kind", "place"} and set(batch.seg_labels) == {"colour", "kind"}
+    assert all(v.shape == (2, spec.num_patches, 4) for v in batch.labels.values())
+    assert all(v.shape == (2, spec.seg_grid**2, 1) for v in batch.seg_labels.values())
     image = samples[0]
-    owner = cell_owners(image.shape_masks, 8, 2)
+    owner = torch.from_numpy(cell_owners(image.shape_masks, 8, 2))
     for i, shape in enumerate(image.scene.shapes):
         assert (owner == i).any()  # every shape owns cells
-        assert (batch.colour[0][torch.from_numpy(owner == i)] == list(COLOURS).index(shape.colour)).all()
-        assert (batch.kind[0][torch.from_numpy(owner == i)] == KINDS.index(shape.kind)).all()
-    background = torch.from_numpy(owner == len(image.scene.shapes))
-    assert (batch.colour[0][background] == len(COLOURS)).all() and (batch.kind[0][background] == len(KINDS)).all()
+        assert (batch.labels["colour"][0][owner == i] == list(COLOURS).index(shape.colour)).all()
+        assert (batch.labels["kind"][0][owner == i] == KINDS.index(shape.kind)).all()
+        assert (batch.labels["place"][0][owner == i] == PLACES.index(image.scene.place(i))).all()
+    background = owner == len(image.scene.shapes)
+    for name, classes in FIELDS.items():
+        assert (batch.labels[name][0][background] == classes).all()
+    # SAM's 8-pixel positions are the vision tower's cells: the same labels, laid out row-major.
+    cells = batch.labels["colour"][0].reshape(8, 8, 2, 2).permute(0, 2, 1, 3).reshape(16 * 16)
+    assert torch.equal(cells, batch.seg_labels["colour"][0, :, 0])
     with pytest.raises(ValueError, match="image or a video"):
         perception_batch(samples[2:], spec, np.random.default_rng(0), cells=2)
 
 
 def test_the_loss_weighs_background_less_and_accuracy_skips_it():
-    torch.manual_seed(0)
-    head = PatchHead(8, cells=1)
-    features = torch.randn(1, 2, 8)
-    bg_c, bg_k = len(COLOURS), len(KINDS)
-    colour = torch.tensor([[[0], [bg_c]]])
-    kind = torch.tensor([[[0], [bg_k]]])
+    head = PatchHead(8, cells=1, fields=("colour", "kind"))
+    features = torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(0))
+    labels = {name: torch.tensor([[[0], [FIELDS[name]]]]) for name in ("colour", "kind")}  # a shape cell, a background one
     with torch.no_grad():
-        head.colour.weight.zero_()
-        head.kind.weight.zero_()
-        head.colour.bias.zero_()
-        head.kind.bias.zero_()
-        head.colour.bias[bg_c] = 5.0  # sure of background everywhere
-        head.kind.bias[bg_k] = 5.0
-    loss = patch_loss(head, features, colour, kind)
+        for name, linear in head.heads.items():
+            linear.weight.zero_()
+            linear.bias.zero_()
+            linear.bias[FIELDS[name]] = 5.0  # sure of background everywhere
+    loss = patch_loss(head, features, labels)
     # Logits 5 for background, 0 elsewhere: a shape cell costs log(e^5 + n), a background
-    # cell log(e^5 + n) - 5, weighted 1 : BACKGROUND_WEIGHT.
+    # cell log(e^5 + n) - 5, weighted 1 : BACKGROUND_WEIGHT; the fields averaged.
     expected = 0.0
-    for n in (bg_c, bg_k):
-        lse = math.log(math.exp(5.0) + n)
+    for name in ("colour", "kind"):
+        lse = math.log(math.exp(5.0) + FIELDS[name])
         expected += 0.5 * (lse + BACKGROUND_WEIGHT * (lse - 5.0)) / (1.0 + BACKGROUND_WEIGHT)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert cell_accuracy(head, features, colour, kind) == {"colour": 0.0, "kind": 0.0}
+    assert cell_accuracy(head, features, labels) == {"colour": 0.0, "kind": 0.0}

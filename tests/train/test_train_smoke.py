@@ -22,9 +22,10 @@ SMOKE: dict[str, Stage] = {
     "perception": STAGES["perception"].replace(batch_size=3),
     "backends": STAGES["backends"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
     "alignment": STAGES["alignment"].replace(batch_size=3),
-    # Every sample has a region, so the region encoder trains too.
+    # Every sample has a region, so the region encoder trains too; the batch (region_what
+    # twice, seg_image_region) holds a signal to align.
     "instruction": STAGES["instruction"].replace(
-        batch_size=3, mix={"region_what": 1.0, "region_colour": 1.0, "seg_image_region": 1.0}, bucket_by_media=False
+        batch_size=3, mix={"region_what": 1.0, "seg_image_region": 1.0}, bucket_by_media=False
     ),
     "pixel": STAGES["pixel"].replace(
         batch_size=3, mix=SLICE, bucket_by_media=False, lr_scale={"seg_decoder": 1.0, "unet": 1.0}

@@ -41,7 +41,7 @@ from vitron_rt.models.tokenizer import IMAGE_TOKEN, REGION_TOKEN, PreparedTokeni
 from vitron_rt.runtime.media import ResizeMode, preprocess_images, sample_frame_indices
 from vitron_rt.runtime.pipelines.postprocess import downsample_mask, to_vae_input
 from vitron_rt.shapes.chat import render_prompt, user_content
-from vitron_rt.shapes.palette import COLOURS, KINDS
+from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.render import jittered_box
 from vitron_rt.shapes.tasks import Sample
 from vitron_rt.shapes.world import ShapeSpec
@@ -417,14 +417,13 @@ class PerceptionBatch:
     """Stage `perception`: images, and what each cell of each patch shows, for the vision
     tower and for SAM's image encoder. A patch is cut into c x c cells; a cell is labelled
     with the shape that covers most of it (`MIN_CELL_COVER` of it at least), or as
-    background."""
+    background: its colour, kind and place (where the shape's centre is), each field's
+    background label one past its classes."""
 
     pixel_values: torch.Tensor  # (M, 3, S, S), the vision preprocess
-    colour: torch.Tensor  # (M, N, c*c) int64: index in COLOURS, len(COLOURS) for background
-    kind: torch.Tensor  # (M, N, c*c) int64: index in KINDS, len(KINDS) for background
+    labels: dict[str, torch.Tensor]  # "colour", "kind", "place" -> (M, N, c*c) int64
     seg_pixel_values: torch.Tensor  # (M, 3, Ss, Ss), SAM's preprocess
-    seg_colour: torch.Tensor  # (M, E*E, 1): one cell per embedding position
-    seg_kind: torch.Tensor
+    seg_labels: dict[str, torch.Tensor]  # "colour", "kind" -> (M, E*E, 1): a cell per embedding position
 
 
 # A cell belongs to a shape if that shape's visible part covers at least this much of it.
@@ -449,36 +448,40 @@ def cell_owners(masks: np.ndarray, grid: int, cells: int) -> np.ndarray:
 
 def perception_batch(samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, cells: int) -> PerceptionBatch:
     """A stage-`perception` batch: each sample's input image (a video: one frame, drawn by
-    `rng`) with the colour and kind of each cell's owner (`cell_owners`): `cells` per side
-    of a vision patch, one per SAM embedding position."""
-    images, masks, shapes = [], [], []
+    `rng`) with the fields of each cell's owner (`cell_owners`): `cells` per side of a
+    vision patch, one per SAM embedding position."""
+    images, masks, fields = [], [], []
     for sample in samples:
         if sample.media == "image":
-            images.append(sample.image)
-            masks.append(sample.shape_masks)
+            t, image, m = 0, sample.image, sample.shape_masks
         elif sample.media == "video":
             t = int(rng.integers(len(sample.video)))
-            images.append(sample.video[t])
-            masks.append(sample.shape_masks[t])
+            image, m = sample.video[t], sample.shape_masks[t]
         else:
             continue
-        shapes.append(sample.scene.shapes)
+        scene = sample.scene.at(t)
+        # Shape index -> label per field; index n (no shape) -> background, one past the classes.
+        fields.append(
+            {
+                "colour": np.array([*(COLOUR_INDEX[x.colour] for x in scene.shapes), len(COLOURS)]),
+                "kind": np.array([*(KIND_INDEX[x.kind] for x in scene.shapes), len(KINDS)]),
+                "place": np.array([*(PLACES.index(scene.place(i)) for i in range(len(scene))), len(PLACES)]),
+            }
+        )
+        images.append(image)
+        masks.append(m)
     if not images:
         raise ValueError("a perception batch needs samples with an image or a video")
-    labels = {}
-    for name, prep, grid, c in (
-        ("", spec.vision, math.isqrt(spec.num_patches), cells),
-        ("seg_", spec.seg, spec.seg_grid, 1),
+    out = {}
+    for prefix, prep, grid, c, names in (
+        ("", spec.vision, math.isqrt(spec.num_patches), cells, ("colour", "kind", "place")),
+        ("seg_", spec.seg, spec.seg_grid, 1, ("colour", "kind")),
     ):
         if any(image.shape[:2] != (prep.image_size, prep.image_size) for image in images):
             raise ValueError(f"perception needs images at the encoders' {prep.image_size} x {prep.image_size}")
-        colours, kinds = [], []
-        for m, sh in zip(masks, shapes):
-            owner = cell_owners(m, grid, c)
-            # Shape index -> label; index n (no shape) -> background, one past the classes.
-            colours.append(np.array([*(COLOUR_INDEX[x.colour] for x in sh), len(COLOURS)])[owner])
-            kinds.append(np.array([*(KIND_INDEX[x.kind] for x in sh), len(KINDS)])[owner])
-        labels[f"{name}pixel_values"] = torch.from_numpy(preprocess_images(images, prep))
-        labels[f"{name}colour"] = torch.from_numpy(np.stack(colours))
-        labels[f"{name}kind"] = torch.from_numpy(np.stack(kinds))
-    return PerceptionBatch(**labels)
+        owners = [cell_owners(m, grid, c) for m in masks]
+        out[f"{prefix}pixel_values"] = torch.from_numpy(preprocess_images(images, prep))
+        out[f"{prefix}labels"] = {
+            name: torch.from_numpy(np.stack([f[name][o] for f, o in zip(fields, owners)])) for name in names
+        }
+    return PerceptionBatch(**out)

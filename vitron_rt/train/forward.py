@@ -30,7 +30,12 @@ from vitron_rt.train.data import IGNORE, Batch, DataSpec
 
 
 def front_end(model: VitronModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, 3, S, S) -> features (M, N, Dv) and projected embeddings (M, N, D)."""
+    """(M, 3, S, S) -> features (M, N, Dv) and projected embeddings (M, N, D); M may be 0
+    (a batch of text-to-image samples only: the CLIP tower cannot run on no image)."""
+    if pixel_values.shape[0] == 0:
+        cfg = model.config
+        features = pixel_values.new_zeros(0, cfg.vision.num_patches, cfg.vision.hidden_size)
+        return features, pixel_values.new_zeros(0, cfg.vision.num_patches, cfg.llm.hidden_size)
     features = model.vision_encoder(pixel_values)  # (M, N, Dv)
     return features, model.mm_projector(features)  # (M, N, D)
 

@@ -57,11 +57,11 @@ from vitron_rt.train.stages import STAGES, Stage
 # the 2 cores (two threads wait on each other there): 60.8 minutes of wall time.
 STEPS: dict[str, int] = {
     "autoencoder": 140,
-    "perception": 600,
+    "perception": 500,
     "backends": 250,
     "alignment": 340,
     "instruction": 540,
-    "pixel": 420,
+    "pixel": 380,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.

@@ -9,10 +9,15 @@ the renderer's ground truth, densely, as a dense pretraining objective would:
                                                                  (c x c cells of P/c pixels):
                                                                  colour logits (C+1, background)
                                                                  kind logits   (K+1, background)
-    loss: cross entropy of both against `data.cell_owners`' labels
+                                                                 place logits  (9+1: the owning
+                                                                 shape's place, background)
+    loss: mean cross entropy of the fields against `data.cell_owners`' labels
 
-SAM's image encoder, also from scratch, gets the same objective on its (E x E) embedding,
-one cell per position: the mask decoder then has to match a code (or the LLM's signal)
+The place field keeps in each patch's features where the shape it shows sits (what place
+questions ask), which colour and kind alone would let the tower forget: the LLM's RoPE
+positions reach its attention scores, not the values it reads. SAM's image encoder, also
+from scratch, gets the colour and kind objective on its (E x E) embedding, one cell per
+position: the mask decoder then has to match a code (or the LLM's signal)
 against features that already say colour and kind, instead of learning to see through
 the mask loss alone.
 
@@ -27,29 +32,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitron_rt.shapes.palette import COLOURS, KINDS
+from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 
 CELLS = 2  # cells per patch side: 8 x 8 pixel cells on the mini's 16-pixel patches
 # Weight of a background cell in the loss against a shape's cell: without it the loss is
 # mostly the easy background (measured, 400 steps: kind right on 36 % of shape cells).
 BACKGROUND_WEIGHT = 0.1
+# Classes of each field; the background label of a field is its number of classes.
+FIELDS: dict[str, int] = {"colour": len(COLOURS), "kind": len(KINDS), "place": len(PLACES)}
 
 
 class PatchHead(nn.Module):
-    """(M, N, Dv) features -> colour logits (M, N, c*c, C+1) and kind logits (M, N, c*c, K+1)."""
+    """(M, N, D) features -> per field, logits (M, N, c*c, classes + 1), the last class
+    the background. `fields` picks some of `FIELDS`."""
 
-    def __init__(self, width: int, cells: int = CELLS):
+    def __init__(self, width: int, cells: int = CELLS, fields: tuple[str, ...] = ("colour", "kind", "place")):
         super().__init__()
         self.cells = cells
+        self.fields = fields
         self.norm = nn.LayerNorm(width)
-        self.colour = nn.Linear(width, cells * cells * (len(COLOURS) + 1))
-        self.kind = nn.Linear(width, cells * cells * (len(KINDS) + 1))
+        self.heads = nn.ModuleDict({f: nn.Linear(width, cells * cells * (FIELDS[f] + 1)) for f in fields})
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         m, n, _ = features.shape
         h = self.norm(features)
-        cells = self.cells * self.cells
-        return self.colour(h).view(m, n, cells, -1), self.kind(h).view(m, n, cells, -1)
+        return {f: head(h).view(m, n, self.cells * self.cells, -1) for f, head in self.heads.items()}
 
 
 class PerceptionHeads(nn.Module):
@@ -61,25 +68,23 @@ class PerceptionHeads(nn.Module):
         self.seg = seg
 
 
-def patch_loss(head: PatchHead, features: torch.Tensor, colour: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-    """Mean of the colour and the kind cross entropy over the cells, a background cell
-    counting `BACKGROUND_WEIGHT` of a shape's (shapes own ~8 % of the cells)."""
-    colour_logits, kind_logits = head(features)
-    weight = torch.where(colour == len(COLOURS), BACKGROUND_WEIGHT, 1.0).flatten()  # (M*N*c*c,)
+def patch_loss(head: PatchHead, features: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the head's fields of the cross entropy over the cells, a background cell
+    counting `BACKGROUND_WEIGHT` of a shape's (shapes own ~8 % of the cells). `labels`:
+    field -> (M, N, c*c) int64."""
+    logits = head(features)
+    weight = torch.where(labels["colour"] == FIELDS["colour"], BACKGROUND_WEIGHT, 1.0).flatten()  # (M*N*c*c,)
     total = 0.0
-    for logits, labels in ((colour_logits, colour), (kind_logits, kind)):
-        ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), reduction="none")
+    for f in head.fields:
+        ce = F.cross_entropy(logits[f].flatten(0, 2), labels[f].flatten(), reduction="none")
         total = total + (ce * weight).sum() / weight.sum()
-    return 0.5 * total
+    return total / len(head.fields)
 
 
 @torch.no_grad()
-def cell_accuracy(head: PatchHead, features: torch.Tensor, colour: torch.Tensor, kind: torch.Tensor) -> dict[str, float]:
-    """Accuracy of both labels over the cells a shape owns (background cells are most of
-    an image, so they are left out): what the tower can tell the LLM."""
-    colour_logits, kind_logits = head(features)
-    shape = colour != len(COLOURS)
-    return {
-        "colour": float((colour_logits.argmax(-1) == colour)[shape].float().mean()),
-        "kind": float((kind_logits.argmax(-1) == kind)[shape].float().mean()),
-    }
+def cell_accuracy(head: PatchHead, features: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Accuracy of each field over the cells a shape owns (background cells are most of
+    an image, so they are left out): what the encoder can tell the LLM or the decoder."""
+    logits = head(features)
+    shape = labels["colour"] != FIELDS["colour"]
+    return {f: float((logits[f].argmax(-1) == labels[f])[shape].float().mean()) for f in head.fields}

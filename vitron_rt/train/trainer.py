@@ -130,7 +130,8 @@ class Trainer:
             torch.manual_seed(seed)
             self.codes = CodeEncoders(sig.num_tokens, sig.segmentation_dim, sig.diffusion_dim).eval()
             self.patch_head = PerceptionHeads(
-                PatchHead(model.config.vision.hidden_size), PatchHead(model.config.seg.prompt_dim, cells=1)
+                PatchHead(model.config.vision.hidden_size),
+                PatchHead(model.config.seg.prompt_dim, cells=1, fields=("colour", "kind")),
             ).eval()
 
     # ------------------------------------------------------------------ data
@@ -175,11 +176,11 @@ class Trainer:
             out = {}
             if w.get("patch"):
                 features = model.vision_encoder(batch.pixel_values)  # (M, N, Dv)
-                out["patch"] = patch_loss(self.patch_head.vision, features, batch.colour, batch.kind)
+                out["patch"] = patch_loss(self.patch_head.vision, features, batch.labels)
             if w.get("seg_patch"):
                 embeddings = model.seg_image_encoder(batch.seg_pixel_values)  # (M, C, E, E)
                 features = embeddings.flatten(2).transpose(1, 2)  # (M, E*E, C), row-major like the labels
-                out["seg_patch"] = patch_loss(self.patch_head.seg, features, batch.seg_colour, batch.seg_kind)
+                out["seg_patch"] = patch_loss(self.patch_head.seg, features, batch.seg_labels)
             return out
         trains = set(stage.trainable)
         if stage.kind == "backends":
