@@ -39,22 +39,20 @@ from vitron_rt.models.shipped import TRAINED_DIR, ShippedFiles, read_record, rea
 from vitron_rt.models.tokenizer import VICUNA_V1_TEMPLATE, PreparedTokenizer
 from vitron_rt.train.stages import STAGES, Stage
 
-# Steps per stage of the full run, planned with `python -m vitron_rt.train.budget --steps 2`
-# (one thread's CPU seconds per step, measured on this 2-core machine under load; / 1.7 for
-# the second idle core; the budget's SHARES) for 28 minutes, 2 short of the 30 allowed for
-# what two timed steps per stage cannot see (video batches are ~3x longer, and rarer):
-#   stage        batch  CPU s/step  GFLOP/step  share  steps  est. min on 2 idle cores
-#   autoencoder     16        1.58         108   0.08    140   2.2
-#   perception      32           -           -   0.12    800   ~3 (added later, measured: 0.24 s a
-#                                                              step on 2 threads for the vision tower;
-#                                                              1000 steps reached colour 99.7 %, kind
-#                                                              93.8 % of its shape cells)
-#   backends        16        3.01         109   0.30    280   8.3
-#   alignment       16        0.83          48   0.10    340   2.8
-#   instruction     16        1.70          85   0.32    540   9.0
-#   pixel            8        1.14          49   0.20    500   5.6
-# The shipped weights come from this plan run with --threads 1 while two other jobs shared
-# the 2 cores (two threads wait on each other there): 60.8 minutes of wall time.
+# Steps per stage of the full run. Planned first with `python -m vitron_rt.train.budget
+# --steps 2` (CPU seconds per step under load, / 1.7 for the second core, the budget's
+# SHARES); then trimmed by measured full runs on 2 threads of an idle machine, where each
+# stage took (wall seconds for these steps):
+#   stage        batch  steps  measured s   note
+#   autoencoder     16    140       129
+#   perception      24    500       215     vision tower + SAM encoder heads
+#   backends        16    250       325
+#   alignment       16    340       266
+#   instruction     16    540       434     LLM loss + signal alignment
+#   pixel            8    380       312
+# 28.2 minutes in all (the 30 allowed, less a margin for a slower machine). The shipped
+# weights are older: an earlier recipe (no perception stage; backends 280, pixel 500) run
+# with --threads 1 while two other jobs shared the cores, 60.8 minutes of wall time.
 STEPS: dict[str, int] = {
     "autoencoder": 140,
     "perception": 500,
