@@ -68,7 +68,8 @@ def test_the_batch_labels_the_shapes_colour_kind_and_place():
 def test_the_loss_weighs_background_less_and_accuracy_skips_it():
     head = PatchHead(8, cells=1, fields=("colour", "kind"))
     features = torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(0))
-    labels = {name: torch.tensor([[[0], [FIELDS[name]]]]) for name in ("colour", "kind")}  # a shape cell, a background one
+    # One shape cell, one background cell.
+    labels = {name: torch.tensor([[[0], [FIELDS[name]]]]) for name in ("colour", "kind")}
     with torch.no_grad():
         for name, linear in head.heads.items():
             linear.weight.zero_()

@@ -32,9 +32,10 @@ from vitron_rt.shapes.scene import Scene
 from vitron_rt.shapes.templates import reading_order
 from vitron_rt.shapes.world import ShapeSpec
 
-_COLOUR = {c: i for i, c in enumerate(COLOURS)}
-_KIND = {k: i for i, k in enumerate(KINDS)}
-_PLACE = {p: i for i, p in enumerate(PLACES)}
+# Name -> index of each field (codes here, the perception stage's labels in `data`).
+COLOUR_INDEX = {c: i for i, c in enumerate(COLOURS)}
+KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+PLACE_INDEX = {p: i for i, p in enumerate(PLACES)}
 EMPTY = -1  # an unused slot, in every field
 
 
@@ -50,9 +51,9 @@ def code_array(code: Sequence[ShapeSpec], slots: int) -> np.ndarray:
     out = np.full((slots, 3), EMPTY, np.int64)
     for k, s in enumerate(code):
         out[k] = (
-            _COLOUR[s.colour] if s.colour is not None else len(COLOURS),
-            _KIND[s.kind] if s.kind is not None else len(KINDS),
-            _PLACE[s.place] if s.place is not None else len(PLACES),
+            COLOUR_INDEX[s.colour] if s.colour is not None else len(COLOURS),
+            KIND_INDEX[s.kind] if s.kind is not None else len(KINDS),
+            PLACE_INDEX[s.place] if s.place is not None else len(PLACES),
         )
     return out
 

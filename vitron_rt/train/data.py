@@ -17,7 +17,7 @@ prepares them at serving time.
                              latent-grid weight that favours the edited shape
 
     perception (no text) ─► the image (a video: one frame) and, per cell of each patch,
-                            the colour and kind of the shape that covers it (`cell_owners`)
+                            the colour, kind and place of the shape that covers it (`cell_owners`)
 
 Every random choice (which video frame, which prompt mask) comes from a numpy Generator
 the caller seeds, so a batch is a pure function of (samples, seed).
@@ -45,7 +45,7 @@ from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.render import jittered_box
 from vitron_rt.shapes.tasks import Sample
 from vitron_rt.shapes.world import ShapeSpec
-from vitron_rt.train.conditioning import code_array, scene_code
+from vitron_rt.train.conditioning import COLOUR_INDEX, KIND_INDEX, PLACE_INDEX, code_array, scene_code
 
 IGNORE = -100  # label of positions the LLM loss skips (torch's cross_entropy ignore_index)
 # The previous frame's mask becomes SAM's dense prompt as logits of this magnitude: confident
@@ -54,8 +54,6 @@ PROMPT_MASK_LOGIT = 8.0
 # Weight of the denoising loss on latent cells of the edited shape, against 1 elsewhere:
 # an edit changes a small part of the image, and only that part is composited back.
 EDIT_WEIGHT = 4.0
-COLOUR_INDEX = {c: i for i, c in enumerate(COLOURS)}
-KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 
 @dataclass(frozen=True)
@@ -408,7 +406,6 @@ def backend_batch(
     return BackendBatch(vae_images=_vae_images(vae, spec), **_seg_tensors(seg, spec), **_diff_tensors(diff, spec))
 
 
-
 # --------------------------------------------------------------------------- perception
 
 
@@ -446,7 +443,9 @@ def cell_owners(masks: np.ndarray, grid: int, cells: int) -> np.ndarray:
     return owner.reshape(grid, cells, grid, cells).transpose(0, 2, 1, 3).reshape(grid * grid, cells * cells)
 
 
-def perception_batch(samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, cells: int) -> PerceptionBatch:
+def perception_batch(
+    samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, cells: int
+) -> PerceptionBatch:
     """A stage-`perception` batch: each sample's input image (a video: one frame, drawn by
     `rng`) with the fields of each cell's owner (`cell_owners`): `cells` per side of a
     vision patch, one per SAM embedding position."""
@@ -465,7 +464,7 @@ def perception_batch(samples: Sequence[Sample], spec: DataSpec, rng: np.random.G
             {
                 "colour": np.array([*(COLOUR_INDEX[x.colour] for x in scene.shapes), len(COLOURS)]),
                 "kind": np.array([*(KIND_INDEX[x.kind] for x in scene.shapes), len(KINDS)]),
-                "place": np.array([*(PLACES.index(scene.place(i)) for i in range(len(scene))), len(PLACES)]),
+                "place": np.array([*(PLACE_INDEX[scene.place(i)] for i in range(len(scene))), len(PLACES)]),
             }
         )
         images.append(image)

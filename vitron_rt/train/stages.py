@@ -3,8 +3,9 @@
     stage        data (vitron_rt.shapes.tasks)        trains                          losses
     ──────────── ──────────────────────────────────── ─────────────────────────────── ──────────────────────────────
     autoencoder  the back-end tasks' images           VAE                              L1 + MSE recon, latent scale
-    perception   ALIGNMENT_MIX's images, no text      vision, SAM encoder, heads       colour and kind of every cell
-                                                                                       of every patch (`perception`)
+    perception   ALIGNMENT_MIX's images, no text      vision, SAM encoder, heads       colour, kind (and place, the
+                                                                                       vision tower) of every cell of
+                                                                                       every patch (`perception`)
     backends     the back-end tasks, no text          SAM, UNet, code encoders         masks prompted by codes (+box,
                                                                                        +previous mask); denoising
                                                                                        conditioned on codes
@@ -23,10 +24,10 @@ first three stages stand in for the specialists' own pretraining: the back ends 
 a small conditioning encoder of their own (`conditioning`: a scene code, the role SD's
 text encoder plays for GLIGEN), which needs no LLM step per example, the expensive part
 on 2 cores, and the vision tower and SAM's encoder first learn to see from the
-renderer's ground truth (the role CLIP's and SAM's pretraining play). Then the paper's three stages: (1) vision-language alignment, here training
-the vision tower and the LLM with the projector; (2) instruction and invocation tuning,
-with the signal projectors aligned to the back ends' codes from here on;
-(3) pixel-level alignment: the signal projectors are pulled towards the codes the back
+renderer's ground truth (the role CLIP's and SAM's pretraining play). Then the paper's
+three stages: (1) vision-language alignment, here training the vision tower and the LLM
+with the projector; (2) instruction and invocation tuning, with the signal projectors
+aligned to the back ends' codes from here on; (3) pixel-level alignment: the signal projectors are pulled towards the codes the back
 ends understand (NExT-GPT's decoding-side alignment) while the back-end losses flow
 through them into the LLM.
 
@@ -64,8 +65,9 @@ class Stage:
     """One training stage: what data, which parameters, which losses (weights), how fast.
 
     `kind` picks the step: "autoencoder" (the VAE), "backends" (SAM and the UNet on
-    codes), "perception" (the vision tower on per-patch ground truth), "language" (LLM loss only), "pixel" (LLM loss, alignment, and the back-end
-    losses through the signal projectors). `loss_weights` name the losses of `LOSSES`
+    codes), "perception" (the vision tower and SAM's encoder on per-patch ground truth),
+    "language" (LLM loss only), "pixel" (LLM loss, alignment, and the back-end losses
+    through the signal projectors). `loss_weights` name the losses of `LOSSES`
     that are summed; a loss of weight 0 is not computed. `lr_scale` multiplies the
     learning rate of some groups (back ends fine-tuned gently after their pretraining).
     """

@@ -2,7 +2,7 @@
 
     Trainer(model, tokenizer, seed)            cheap: no batch drawn, nothing trained; owns the
                                                back ends' code encoders (`conditioning`) and the
-                                               perception stage's patch head (`perception`)
+                                               perception stage's patch heads (`perception`)
       .batch(stage, step)                      the step's batch: a pure function of (seed, stage, step)
       .losses(stage, batch, generator)         named loss tensors (the stage's kind decides which)
       .run(stage, steps)                       AdamW over the stage's groups, warmup + cosine, clipping
