@@ -177,11 +177,12 @@ def write_shipped(
     training: dict | None = None,
 ) -> dict:
     """Write the weights, the tokenizer and the record (with both checksums); the record."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     files.folder.mkdir(parents=True, exist_ok=True)
     tensors, table = pack_state(model, plan)
-    save_file(tensors, str(files.weights), metadata={"format": FORMAT, _META_KEY: json.dumps(table)})
+    blob = save(tensors, metadata={"format": FORMAT, _META_KEY: json.dumps(table)})
+    files.weights.write_bytes(_sorted_metadata(blob))
     files.tokenizer.write_text(tokenizer_json, encoding="utf-8")
     record = {
         "format": FORMAT,
@@ -214,6 +215,22 @@ def read_record(files: ShippedFiles) -> dict:
                 "(a corrupt or partial copy, a Git LFS pointer, or a file replaced without its record)"
             )
     return record
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """A safetensors file with its header's `__metadata__` keys in sorted order. safetensors
+    writes them in the order of a Rust HashMap, which changes from process to process, so
+    the same weights gave files (and sha256 records) that differ in two header bytes
+    (measured: two runs of one seed, identical tensors, two checksums). The header keeps
+    its length (padded with spaces, as the format allows), so the data offsets hold."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:
+        raise AssertionError(f"the re-ordered safetensors header grew from {n} to {len(text)} bytes")
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n :]
 
 
 def read_weights(files: ShippedFiles) -> dict[str, torch.Tensor]:
