@@ -84,3 +84,26 @@ def test_the_loss_weighs_background_less_and_accuracy_skips_it():
         expected += 0.5 * (lse + BACKGROUND_WEIGHT * (lse - 5.0)) / (1.0 + BACKGROUND_WEIGHT)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert cell_accuracy(head, features, labels) == {"colour": 0.0, "kind": 0.0}
+
+
+def test_init_positions_writes_a_row_major_2d_sincos_table():
+    from vitron_rt.models.vision import VisionEncoder
+    from vitron_rt.train.perception import init_positions, sincos_positions
+
+    table = sincos_positions(3, 8)  # 2 frequencies (1, 1/100) per quarter
+    assert table.shape == (9, 8)
+    r, c = 2, 1  # patch 2 * 3 + 1
+    expected = [math.sin(r), math.sin(r / 100), math.cos(r), math.cos(r / 100)]
+    expected += [math.sin(c), math.sin(c / 100), math.cos(c), math.cos(c / 100)]
+    np.testing.assert_allclose(table[7].numpy(), expected, rtol=1e-6, atol=1e-7)
+    assert len({tuple(row) for row in table.tolist()}) == 9  # every position its own row
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(3, 6)
+
+    tower = VisionEncoder(CFG.vision)
+    init_positions(tower)
+    weight = tower.clip.embeddings.position_embedding.weight
+    grid = CFG.vision.image_size // CFG.vision.patch_size
+    assert torch.equal(weight[0], torch.zeros(CFG.vision.hidden_size))  # the class token's
+    assert torch.equal(weight[1:], sincos_positions(grid, CFG.vision.hidden_size))
+    assert weight.requires_grad  # trained on from here

@@ -102,6 +102,7 @@ def _train(
 ) -> dict:
     from vitron_rt.models.model import VitronModel
     from vitron_rt.shapes.vocab import shapes_tokenizer
+    from vitron_rt.train.perception import init_positions
     from vitron_rt.train.trainer import Trainer
 
     torch.set_num_threads(threads)
@@ -114,6 +115,7 @@ def _train(
     tokenizer = shapes_tokenizer(cfg.llm.vocab_size, cfg.signal.num_tokens, cfg.video_frames)
     say(f"tokenizer: {tokenizer.vocab_size} entries")
     trainer = Trainer(VitronModel.from_config(cfg), tokenizer, seed=seed)
+    init_positions(trainer.model.vision_encoder)  # 2D sin-cos: see `perception`
     stages_log = {}
     for name, stage in (stages or STAGES).items():
         n = steps[name]

@@ -21,6 +21,12 @@ position: the mask decoder then has to match a code (or the LLM's signal)
 against features that already say colour and kind, instead of learning to see through
 the mask loss alone.
 
+Before the stage the tower's position embedding is set to a 2D sin-cos table
+(`init_positions`, as MAE and other from-scratch ViTs do): CLIP's initial embedding
+(std 0.02) is ~25x weaker than the patch embedding, and the tower then barely knows where
+a patch is. Measured, 500 steps of this stage on the mini: place right on 29 % of shape
+cells with CLIP's init, 97 % with sin-cos (colour 99 % both).
+
 The heads are training scaffolding (like the code encoders): nothing exported uses them.
 The features they read are the ones the projector, the region encoder and the mask
 decoder read.
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitron_rt.models.vision import VisionEncoder
 from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 
 CELLS = 2  # cells per patch side: 8 x 8 pixel cells on the mini's 16-pixel patches
@@ -40,6 +47,35 @@ CELLS = 2  # cells per patch side: 8 x 8 pixel cells on the mini's 16-pixel patc
 BACKGROUND_WEIGHT = 0.1
 # Classes of each field; the background label of a field is its number of classes.
 FIELDS: dict[str, int] = {"colour": len(COLOURS), "kind": len(KINDS), "place": len(PLACES)}
+
+
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """(grid * grid, width) 2D sin-cos position table in row-major patch order: a quarter
+    of the channels sin and a quarter cos of the row at geometric frequencies 1 ..
+    1/10000, the other half the same of the column."""
+    if width % 4:
+        raise ValueError(f"a 2D sin-cos table needs a width divisible by 4, got {width}")
+    q = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float64) / q)  # (q,)
+    steps = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")  # (grid, grid) each
+    parts = []
+    for pos in (rows.flatten(), cols.flatten()):
+        angle = pos[:, None] * omega[None]  # (grid*grid, q)
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()  # (grid*grid, width)
+
+
+@torch.no_grad()
+def init_positions(vision: VisionEncoder) -> None:
+    """Set the CLIP tower's position embedding to `sincos_positions` (the class position
+    to zero), in place; it stays trainable."""
+    table = vision.clip.embeddings.position_embedding.weight  # (1 + N, Dv)
+    grid = vision.cfg.image_size // vision.cfg.patch_size
+    if table.shape[0] != 1 + grid * grid:
+        raise ValueError(f"position embedding of {table.shape[0]} rows for a {grid} x {grid} grid and a class token")
+    table[0].zero_()
+    table[1:] = sincos_positions(grid, table.shape[1])
 
 
 class PatchHead(nn.Module):
