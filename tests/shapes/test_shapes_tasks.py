@@ -3,6 +3,7 @@ right module, instruction and region; the answers are true of the scene (checked
 the scene and the pixels, not against the template that wrote them); the targets are
 there; prompts vary; samples are reproducible."""
 
+import dataclasses
 import re
 from collections import Counter
 
@@ -200,3 +201,30 @@ def test_reply_format():
         round_box((0.5, 0.5, 0.501, 0.9))
     with pytest.raises(KeyError, match="unknown task"):
         GEN.sample("juggle", 0)
+
+
+def test_follow_ups_ask_other_true_questions_about_the_same_image():
+    from vitron_rt.shapes.tasks import FOLLOW_UP_TASKS
+
+    for task in ("caption_image", *FOLLOW_UP_TASKS):
+        for i in range(8):
+            s = GEN.sample(task, i)
+            f = GEN.with_follow_ups(s, 3, i)
+            assert f == GEN.with_follow_ups(s, 3, i)  # reproducible
+            assert dataclasses.replace(f, turns=()) == s  # the sample itself unchanged
+            assert len(f.turns) == 3
+            prompts = [s.prompt] + [q for q, _ in f.turns]
+            assert len(set(prompts)) == len(prompts)
+            colours = {sh.colour for sh in s.scene.shapes}
+            kinds = {sh.kind for sh in s.scene.shapes}
+            places = {s.scene.place(j) for j in range(len(s.scene))}
+            for question, answer in f.turns:
+                assert IMAGE_TOKEN not in question and REGION_TOKEN not in question
+                # Every answer is one the scene allows (which shape each asks about is
+                # the builders' own, checked above on their samples).
+                assert answer in colours | kinds | places | {"yes", "no"} or 0 <= int(answer) <= len(s.scene)
+    # Only image understanding without a region gets follow-ups.
+    for task in ("region_what", "video_direction", "seg_image", "gen_image", "edit_recolour"):
+        s = GEN.sample(task, 0)
+        assert GEN.with_follow_ups(s, 3, 0) is s
+    assert GEN.with_follow_ups(GEN.sample("qa_colour", 0), 0, 0).turns == ()

@@ -16,7 +16,14 @@ from vitron_rt.runtime.messages import parse
 from vitron_rt.runtime.prefill import with_image_tokens, with_region_token
 from vitron_rt.runtime.tokenizer import compile_chat_template
 from vitron_rt.shapes import ShapesWorld
-from vitron_rt.shapes.chat import render_conversation, render_prompt, reply_text, sample_text, user_content
+from vitron_rt.shapes.chat import (
+    render_conversation,
+    render_follow_up,
+    render_prompt,
+    reply_text,
+    sample_text,
+    user_content,
+)
 from vitron_rt.shapes.replies import MESSAGE_TAGS
 from vitron_rt.shapes.tasks import TASKS, TaskGenerator
 from vitron_rt.shapes.vocab import shapes_corpus, shapes_tokenizer, train_tokenizer
@@ -57,6 +64,14 @@ def test_chat_text_is_the_runtimes():
         assert render_prompt(user).startswith("<s>A chat between")
         assert render_prompt(user).endswith(f"USER: {user} ASSISTANT:")
         assert render_prompt(user) + reply_text(s.answer) == render_conversation(user, s.answer)
+    # A follow-up turn (training's multi-turn samples) continues the template's text too.
+    follow = [("What colour is the circle?", "red"), ("Where is the circle?", "top left")]
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": s.answer}]
+    text = render_prompt(user) + reply_text(s.answer)
+    for question, answer in follow:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        text += render_follow_up(question) + reply_text(answer)
+    assert text == runtime_template.render(messages=messages, add_generation_prompt=False, **kw)
 
 
 def test_the_mini_tokenizer_has_the_presets_size_and_vitrons_tokens(mini_tokenizer):

@@ -2,6 +2,8 @@
 land on their placeholder positions, the signal positions are the signal tokens, and each
 module gets the back-end targets (and codes) it needs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from vitron_rt.models.config import preset
 from vitron_rt.models.model import VitronModel
 from vitron_rt.shapes import ShapesWorld
-from vitron_rt.shapes.chat import render_prompt, user_content
+from vitron_rt.shapes.chat import render_follow_up, render_prompt, user_content
 from vitron_rt.shapes.tasks import TASKS, TaskGenerator
 from vitron_rt.shapes.vocab import shapes_tokenizer
 from vitron_rt.shapes.world import ShapeSpec
@@ -142,3 +144,36 @@ def test_stage_batches_are_reproducible_disjoint_and_bucketed(tok):
         assert len(media) == 1  # all-video or video-free
     with pytest.raises(ValueError, match="tokenizer has"):
         Trainer(VitronModel.from_config(preset("tiny")), tok)
+
+
+def test_follow_up_turns_are_labelled_answers_after_unlabelled_questions(tok, spec):
+    s = GEN.with_follow_ups(GEN.sample("qa_colour", 0), 3, 0)
+    single = encode_sample(dataclasses.replace(s, turns=()), tok, spec)
+    enc = encode_sample(s, tok, spec)
+    assert enc.prompt_len == single.prompt_len and enc.ids[: len(single.ids)] == single.ids
+    assert enc.labels[: len(single.labels)] == single.labels
+    at = len(single.ids)
+    for question, answer in s.turns:
+        q = tok.tokenizer.encode(render_follow_up(question), add_special_tokens=False).ids
+        assert enc.ids[at : at + len(q)] == q and set(enc.labels[at : at + len(q)]) == {IGNORE}
+        at += len(q)
+        end = enc.ids.index(spec.eos_id, at) + 1
+        assert enc.labels[at:end] == enc.ids[at:end]
+        assert tok.tokenizer.decode(enc.ids[at : end - 1], skip_special_tokens=False) == " " + answer
+        at = end
+    assert at == len(enc.ids)
+    batch = collate([s], tok, spec, np.random.default_rng(0))
+    assert (batch.labels != IGNORE).sum() == sum(t != IGNORE for t in enc.labels)
+
+
+def test_a_stage_with_follow_ups_adds_them_to_image_understanding_only(tok):
+    trainer = Trainer(VitronModel.from_config(CFG), tok)
+    plain = STAGES["instruction"].replace(batch_size=16)
+    multi = plain.replace(follow_ups=2)
+    for step in range(3):
+        for a, b in zip(trainer.samples(plain, step), trainer.samples(multi, step)):
+            assert dataclasses.replace(b, turns=()) == a
+            asks = a.module == "understand" and a.media == "image" and a.region is None
+            assert len(b.turns) == (2 if asks else 0)
+    with pytest.raises(ValueError, match="follow_ups"):
+        plain.replace(follow_ups=-1)

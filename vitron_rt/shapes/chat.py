@@ -60,6 +60,12 @@ def render_conversation(user: str, answer: str) -> str:
     return _TEMPLATE.render(messages=messages, add_generation_prompt=False, bos_token=BOS, eos_token=EOS)
 
 
+def render_follow_up(user: str) -> str:
+    """The text of a further user turn, after a reply: what the template writes between
+    that reply's end-of-sequence token and the next reply."""
+    return f"USER: {user} ASSISTANT:"
+
+
 def reply_text(answer: str) -> str:
     """What follows the prompt: the space the template puts after "ASSISTANT:", the
     answer, and the end-of-sequence token that stops generation."""
@@ -67,5 +73,7 @@ def reply_text(answer: str) -> str:
 
 
 def sample_text(sample: Sample, video_frames: int) -> str:
-    """Prompt and reply of a sample as one string (the tokenizer's training corpus)."""
-    return render_prompt(user_content(sample, video_frames)) + reply_text(sample.answer)
+    """Prompt and reply of a sample (and its follow-up turns) as one string (the
+    tokenizer's training corpus)."""
+    text = render_prompt(user_content(sample, video_frames)) + reply_text(sample.answer)
+    return text + "".join(render_follow_up(u) + reply_text(a) for u, a in sample.turns)

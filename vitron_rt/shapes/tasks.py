@@ -71,6 +71,9 @@ class Sample:
     region: tuple[float, float, float, float] | None = None  # the user's box, normalised
     specs: tuple[ShapeSpec, ...] = ()  # what a generated image must show (the judge checks it)
     frames: int = 16  # video length
+    # Further (prompt, answer) exchanges about the same input, after the reply (training
+    # only: `TaskGenerator.with_follow_ups`).
+    turns: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.media not in MEDIA:
@@ -172,11 +175,14 @@ class TaskContext:
     num_signal_tokens: int
     gen_radius: tuple[float, float]
     max_gen_shapes: int
+    given: Scene | None = None  # a follow-up's scene: `scene()` returns it instead of drawing one
 
     def pick(self, options) -> str:
         return T.pick(self.rng, options)
 
     def scene(self, **kwargs) -> Scene:
+        if self.given is not None:
+            return self.given
         return self.world.sample_scene(self.rng, **kwargs)
 
     def video(self, **kwargs) -> Scene:
@@ -549,7 +555,15 @@ INSTRUCTION_MIX: dict[str, float] = {
 PIXEL_MIX: dict[str, float] = {
     name: w for name, w in INSTRUCTION_MIX.items() if TASKS[name].module != "understand"
 }
+# The questions a follow-up turn asks about an image (`TaskGenerator.with_follow_ups`).
+FOLLOW_UP_TASKS: tuple[str, ...] = ("qa_colour", "qa_kind", "qa_place", "qa_count", "qa_exist")
 MIXES: dict[str, dict[str, float]] = {"alignment": ALIGNMENT_MIX, "instruction": INSTRUCTION_MIX, "pixel": PIXEL_MIX}
+
+
+def _question(sample: Sample) -> tuple:
+    """What a question asks, its wording aside: the task and the shape it is about, or
+    (a count, an existence question) the task and its answer."""
+    return (sample.task, sample.shape) if sample.shape is not None else (sample.task, sample.label)
 
 
 class TaskError(RuntimeError):
@@ -584,18 +598,22 @@ class TaskGenerator:
     def rng(self, task: str, index: int) -> np.random.Generator:
         return np.random.default_rng([self.world.seed, STREAMS["task"], zlib.crc32(task.encode()), int(index)])
 
-    def sample(self, task: str, index: int) -> Sample:
-        """Sample `index` of `task`."""
+    def _context(self, task: str, rng: np.random.Generator, given: Scene | None = None) -> TaskContext:
         if task not in TASKS:
             raise KeyError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-        ctx = TaskContext(
-            rng=self.rng(task, index),
+        return TaskContext(
+            rng=rng,
             world=self.world,
             task=TASKS[task],
             num_signal_tokens=self.num_signal_tokens,
             gen_radius=self.gen_radius,
             max_gen_shapes=self.max_gen_shapes,
+            given=given,
         )
+
+    def sample(self, task: str, index: int) -> Sample:
+        """Sample `index` of `task`."""
+        ctx = self._context(task, self.rng(task, index))
         for _ in range(self.max_tries):
             try:
                 out = ctx.task.build(ctx)
@@ -614,3 +632,23 @@ class TaskGenerator:
         rng = self.rng("mix", index)
         task = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         return self.sample(task, index)
+
+    def with_follow_ups(self, sample: Sample, n: int, index: int) -> Sample:
+        """`sample` with `n` follow-up turns: questions of `FOLLOW_UP_TASKS` about its
+        scene, none asked twice, as LLaVA's conversations ask several about one image.
+        Only an image-understanding sample without a region gets them (the others are
+        returned as they are): one image forward then teaches n + 1 answers. Drawn from
+        their own stream, so the sample itself is the one `sample` gives."""
+        if n < 1 or sample.module != "understand" or sample.media != "image" or sample.region is not None:
+            return sample
+        rng = self.rng("follow_up", index)
+        asked, turns = {_question(sample)}, []
+        for _ in range(self.max_tries * n):
+            if len(turns) == n:
+                break
+            task = FOLLOW_UP_TASKS[int(rng.integers(len(FOLLOW_UP_TASKS)))]
+            out = TASKS[task].build(self._context(task, rng, given=sample.scene))
+            if out is not None and _question(out) not in asked:
+                asked.add(_question(out))
+                turns.append((out.prompt, out.answer))
+        return dataclasses.replace(sample, turns=tuple(turns))

@@ -7,6 +7,8 @@ prepares them at serving time.
               where the runtime splices N rows in place of one placeholder
            ─► labels: the reply's ids, -100 on the prompt (the LLM loss covers the text AND
               the signal tokens <sig_k> the reply ends with)
+           ─► follow-up turns (`Sample.turns`, training only): "USER: q ASSISTANT:" (-100)
+              + " answer" + </s> (labelled), each after the last
     image / video frames (the runtime's frame sampling) ─► vision preprocess (the runtime's,
               from an ImagePreprocess built as export builds it) ─► pixel_values
     region ─► box + its grid mask (`box_to_mask`, the rasteriser the runtime mirrors)
@@ -40,7 +42,7 @@ from vitron_rt.models.region import box_to_mask
 from vitron_rt.models.tokenizer import IMAGE_TOKEN, REGION_TOKEN, PreparedTokenizer, signal_tokens
 from vitron_rt.runtime.media import ResizeMode, preprocess_images, sample_frame_indices
 from vitron_rt.runtime.pipelines.postprocess import downsample_mask, to_vae_input
-from vitron_rt.shapes.chat import render_prompt, user_content
+from vitron_rt.shapes.chat import render_follow_up, render_prompt, user_content
 from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.render import jittered_box
 from vitron_rt.shapes.tasks import Sample
@@ -125,10 +127,17 @@ def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) 
         wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
     if any(t == spec.image_id or t == spec.region_id for t in reply):
         raise ValueError(f"the reply of a {sample.task} sample holds an input placeholder: {sample.answer!r}")
-    ids = wide + reply
+    ids, labels = wide + reply, [IGNORE] * len(wide) + reply
+    for user, answer in sample.turns:
+        question = tok.encode(render_follow_up(user), add_special_tokens=False).ids
+        reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
+        if any(t in (spec.image_id, spec.region_id) for t in question + reply):
+            raise ValueError(f"a follow-up turn of a {sample.task} sample holds an input placeholder: {user!r}")
+        ids += question + reply
+        labels += [IGNORE] * len(question) + reply
     if len(ids) > spec.max_positions:
         raise ValueError(f"a {sample.task} sample is {len(ids)} positions, more than {spec.max_positions}")
-    return Encoded(ids=ids, labels=[IGNORE] * len(wide) + reply, prompt_len=len(wide))
+    return Encoded(ids=ids, labels=labels, prompt_len=len(wide))
 
 
 # --------------------------------------------------------------------------- back-end items

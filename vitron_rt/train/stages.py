@@ -89,6 +89,9 @@ class Stage:
     # Video samples make a batch ~3x longer (256 image positions); batches are drawn
     # either all-video or video-free, video with this share of the mix's weight.
     bucket_by_media: bool = True
+    # Follow-up questions added to each image-understanding sample without a region
+    # (`TaskGenerator.with_follow_ups`): more answers taught per image forward.
+    follow_ups: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -105,6 +108,8 @@ class Stage:
         unknown = set(self.mix) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)} in the mix of stage {self.name!r}")
+        if self.follow_ups < 0:
+            raise ValueError(f"stage {self.name!r}: follow_ups must be >= 0, got {self.follow_ups}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"stage {self.name!r}: batch_size must be >= 1 and lr > 0")
 

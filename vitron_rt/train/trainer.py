@@ -151,7 +151,10 @@ class Trainer:
                 mix = video if self._rng(stage, step, "bucket").random() < share else still
         base = (zlib.crc32(stage.name.encode()) & 0xFFFF) << 32
         first = base + step * stage.batch_size
-        return [self.tasks.mixed(mix, first + j) for j in range(stage.batch_size)]
+        samples = [self.tasks.mixed(mix, first + j) for j in range(stage.batch_size)]
+        if stage.follow_ups:
+            samples = [self.tasks.with_follow_ups(s, stage.follow_ups, first + j) for j, s in enumerate(samples)]
+        return samples
 
     def batch(self, stage: Stage, step: int) -> Batch | BackendBatch | PerceptionBatch:
         """The step's batch (`BackendBatch`, `PerceptionBatch` for the stages without the LLM)."""
