@@ -20,6 +20,7 @@ SLICE = {"seg_image": 1.0, "gen_image": 1.0, "edit_recolour": 1.0}
 SMOKE: dict[str, Stage] = {
     "autoencoder": STAGES["autoencoder"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
     "perception": STAGES["perception"].replace(batch_size=3),
+    "seg_perception": STAGES["seg_perception"].replace(batch_size=3),
     "backends": STAGES["backends"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
     "alignment": STAGES["alignment"].replace(batch_size=3),
     # Every sample has a region, so the region encoder trains too; the batch (region_what

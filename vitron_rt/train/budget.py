@@ -36,7 +36,8 @@ from vitron_rt.train.trainer import Trainer
 # LLM-free back-end steps being the cheapest way to the pixel-level quality targets.
 SHARES: dict[str, float] = {
     "autoencoder": 0.08,
-    "perception": 0.12,
+    "perception": 0.08,
+    "seg_perception": 0.06,
     "backends": 0.30,
     "alignment": 0.10,
     "instruction": 0.32,

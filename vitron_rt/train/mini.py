@@ -55,11 +55,12 @@ from vitron_rt.train.stages import STAGES, Stage
 # with --threads 1 while two other jobs shared the cores, 60.8 minutes of wall time.
 STEPS: dict[str, int] = {
     "autoencoder": 140,
-    "perception": 500,
-    "backends": 250,
-    "alignment": 340,
+    "perception": 1000,
+    "seg_perception": 300,
+    "backends": 240,
+    "alignment": 240,
     "instruction": 540,
-    "pixel": 380,
+    "pixel": 300,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.

@@ -1,4 +1,5 @@
-"""Stage `perception`: the vision tower learns what is drawn where, before any language.
+"""Stages `perception` and `seg_perception`: the vision tower, then SAM's image encoder,
+learn what is drawn where, before any language.
 
 Vitron's vision tower comes pretrained (CLIP ViT-L/14); here it starts from random
 weights, and learning to see only through the LLM's loss is slow (the first trained mini,
@@ -17,7 +18,7 @@ The place field keeps in each patch's features where the shape it shows sits (wh
 questions ask), which colour and kind alone would let the tower forget: the LLM's RoPE
 positions reach its attention scores, not the values it reads. SAM's image encoder, also
 from scratch, gets the colour and kind objective on its (E x E) embedding, one cell per
-position: the mask decoder then has to match a code (or the LLM's signal)
+position (stage `seg_perception`): the mask decoder then has to match a code (or the LLM's signal)
 against features that already say colour and kind, instead of learning to see through
 the mask loss alone.
 
