@@ -128,18 +128,18 @@ def plan(
 
 
 def _table(costs: Sequence[StepCost], plans: Mapping[str, list[PlanRow]], budget_s: float) -> str:
-    head = f"{'stage':12s} {'batch':>5s} {'threads':>7s} {'wall s/step':>11s} {'cpu s/step':>10s} {'GFLOP/step':>10s}"
+    head = f"{'stage':14s} {'batch':>5s} {'threads':>7s} {'wall s/step':>11s} {'cpu s/step':>10s} {'GFLOP/step':>10s}"
     lines = [head]
     for c in costs:
         lines.append(
-            f"{c.stage:12s} {c.batch_size:5d} {c.threads:7d} {c.wall_s:11.2f} {c.cpu_s:10.2f} {c.flops / 1e9:10.1f}"
+            f"{c.stage:14s} {c.batch_size:5d} {c.threads:7d} {c.wall_s:11.2f} {c.cpu_s:10.2f} {c.flops / 1e9:10.1f}"
         )
     for basis, rows in plans.items():
         lines.append(f"\nplan for {budget_s / 60:.0f} min on the {basis} basis:")
-        lines.append(f"{'stage':12s} {'steps':>6s} {'samples':>8s} {'minutes':>8s} {'PFLOP':>7s}")
+        lines.append(f"{'stage':14s} {'steps':>6s} {'samples':>8s} {'minutes':>8s} {'PFLOP':>7s}")
         for r in rows:
-            lines.append(f"{r.stage:12s} {r.steps:6d} {r.samples:8d} {r.seconds / 60:8.1f} {r.flops / 1e15:7.3f}")
-        lines.append(f"{'total':12s} {'':6s} {'':8s} {sum(r.seconds for r in rows) / 60:8.1f} "
+            lines.append(f"{r.stage:14s} {r.steps:6d} {r.samples:8d} {r.seconds / 60:8.1f} {r.flops / 1e15:7.3f}")
+        lines.append(f"{'total':14s} {'':6s} {'':8s} {sum(r.seconds for r in rows) / 60:8.1f} "
                      f"{sum(r.flops for r in rows) / 1e15:7.3f}")
     return "\n".join(lines)
 

@@ -41,18 +41,20 @@ from vitron_rt.train.stages import STAGES, Stage
 
 # Steps per stage of the full run. Planned first with `python -m vitron_rt.train.budget
 # --steps 2` (CPU seconds per step under load, / 1.7 for the second core, the budget's
-# SHARES); then trimmed by measured full runs on 2 threads of an idle machine, where each
-# stage took (wall seconds for these steps):
-#   stage        batch  steps  measured s   note
-#   autoencoder     16    140       129
-#   perception      24    500       215     vision tower + SAM encoder heads
-#   backends        16    250       325
-#   alignment       16    340       266
-#   instruction     16    540       434     LLM loss + signal alignment
-#   pixel            8    380       312
-# 28.2 minutes in all (the 30 allowed, less a margin for a slower machine). The shipped
-# weights are older: an earlier recipe (no perception stage; backends 280, pixel 500) run
-# with --threads 1 while two other jobs shared the cores, 60.8 minutes of wall time.
+# SHARES); then trimmed by measured full runs on 2 threads of an otherwise idle machine.
+# The run that wrote the shipped weights (stage seconds include building the batches):
+#   stage           batch  steps  measured s   note
+#   autoencoder        16    140       139
+#   perception         24   1000       170     vision tower head
+#   seg_perception     24    300       129     SAM encoder head
+#   backends           16    240       369
+#   alignment          16    240       182     vision tower frozen from here on
+#   instruction        16    540       459     LLM loss + signal alignment, 3 follow-ups
+#   pixel               8    300       248
+# 28.4 minutes in all, tokenizer and saving included (the 30 allowed). The same recipe
+# with seg_perception 500, backends 250, alignment 340 and pixel 380 took 32.4 minutes and
+# scored better on the probe (QA 50 % against 48 %, segmentation mIoU 0.55 / 0.61 / 0.68
+# against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
     "autoencoder": 140,
     "perception": 1000,
