@@ -168,7 +168,7 @@ def test_follow_up_turns_are_labelled_answers_after_unlabelled_questions(tok, sp
 
 def test_a_stage_with_follow_ups_adds_them_to_image_understanding_only(tok):
     trainer = Trainer(VitronModel.from_config(CFG), tok)
-    plain = STAGES["instruction"].replace(batch_size=16)
+    plain = STAGES["instruction"].replace(batch_size=16, follow_ups=0)
     multi = plain.replace(follow_ups=2)
     for step in range(3):
         for a, b in zip(trainer.samples(plain, step), trainer.samples(multi, step)):
