@@ -1,7 +1,8 @@
 """Instruction samples in Vitron's form, drawn from ShapesWorld.
 
 Every sample is one user turn and the assistant's reply, with its inputs (image, video,
-region) and the back end's targets:
+region) and the back end's targets (training may add follow-up questions about an image:
+`TaskGenerator.with_follow_ups`):
 
     task              module          input          reply                      targets
     ───────────────── ─────────────── ────────────── ────────────────────────── ──────────────────
