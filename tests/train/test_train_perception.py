@@ -103,7 +103,7 @@ def test_init_positions_writes_a_row_major_2d_sincos_table():
     tower = VisionEncoder(CFG.vision)
     init_positions(tower)
     weight = tower.clip.embeddings.position_embedding.weight
-    grid = CFG.vision.image_size // CFG.vision.patch_size
+    grid = CFG.vision.grid
     assert torch.equal(weight[0], torch.zeros(CFG.vision.hidden_size))  # the class token's
     assert torch.equal(weight[1:], sincos_positions(grid, CFG.vision.hidden_size))
     assert weight.requires_grad  # trained on from here

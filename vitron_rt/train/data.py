@@ -121,20 +121,19 @@ def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) 
     """Ids and labels of one sample (see the module docstring)."""
     tok = tokenizer.tokenizer
     prompt = tok.encode(render_prompt(user_content(sample, spec.video_frames)), add_special_tokens=False).ids
-    reply = tok.encode(f" {sample.answer}", add_special_tokens=False).ids + [spec.eos_id]
     wide: list[int] = []
     for t in prompt:
         wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
-    if any(t == spec.image_id or t == spec.region_id for t in reply):
-        raise ValueError(f"the reply of a {sample.task} sample holds an input placeholder: {sample.answer!r}")
-    ids, labels = wide + reply, [IGNORE] * len(wide) + reply
-    for user, answer in sample.turns:
-        question = tok.encode(render_follow_up(user), add_special_tokens=False).ids
+    # The reply, then each follow-up turn's question (unlabelled) and reply.
+    ids, labels = list(wide), [IGNORE] * len(wide)
+    for user, answer in [(None, sample.answer), *sample.turns]:
+        question = [] if user is None else tok.encode(render_follow_up(user), add_special_tokens=False).ids
         reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
-        if any(t in (spec.image_id, spec.region_id) for t in question + reply):
-            raise ValueError(f"a follow-up turn of a {sample.task} sample holds an input placeholder: {user!r}")
         ids += question + reply
         labels += [IGNORE] * len(question) + reply
+    if any(t == spec.image_id or t == spec.region_id for t in ids[len(wide) :]):
+        texts = [sample.answer, *(text for turn in sample.turns for text in turn)]
+        raise ValueError(f"a {sample.task} sample's reply or follow-up holds an input placeholder: {texts!r}")
     if len(ids) > spec.max_positions:
         raise ValueError(f"a {sample.task} sample is {len(ids)} positions, more than {spec.max_positions}")
     return Encoded(ids=ids, labels=labels, prompt_len=len(wide))

@@ -72,7 +72,7 @@ def init_positions(vision: VisionEncoder) -> None:
     """Set the CLIP tower's position embedding to `sincos_positions` (the class position
     to zero), in place; it stays trainable."""
     table = vision.clip.embeddings.position_embedding.weight  # (1 + N, Dv)
-    grid = vision.cfg.image_size // vision.cfg.patch_size
+    grid = vision.cfg.grid
     if table.shape[0] != 1 + grid * grid:
         raise ValueError(f"position embedding of {table.shape[0]} rows for a {grid} x {grid} grid and a class token")
     table[0].zero_()
