@@ -22,6 +22,7 @@ SMOKE: dict[str, Stage] = {
     "perception": STAGES["perception"].replace(batch_size=3),
     "seg_perception": STAGES["seg_perception"].replace(batch_size=3),
     "backends": STAGES["backends"].replace(batch_size=3, mix=SLICE, bucket_by_media=False),
+    "invocation": STAGES["invocation"].replace(batch_size=3),
     "alignment": STAGES["alignment"].replace(batch_size=3),
     # Every sample has a region, so the region encoder trains too; the batch (region_what
     # twice, seg_image_region) holds a signal to align.

@@ -35,10 +35,11 @@ from vitron_rt.train.trainer import Trainer
 # Share of the budget per stage: the back ends and instruction tuning get the most, the
 # LLM-free back-end steps being the cheapest way to the pixel-level quality targets.
 SHARES: dict[str, float] = {
-    "autoencoder": 0.08,
+    "autoencoder": 0.05,
     "perception": 0.08,
     "seg_perception": 0.06,
-    "backends": 0.30,
+    "backends": 0.27,
+    "invocation": 0.06,
     "alignment": 0.10,
     "instruction": 0.32,
     "pixel": 0.20,

@@ -56,13 +56,14 @@ from vitron_rt.train.stages import STAGES, Stage
 # scored better on the probe (QA 50 % against 48 %, segmentation mIoU 0.55 / 0.61 / 0.68
 # against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
-    "autoencoder": 140,
+    "autoencoder": 80,
     "perception": 1000,
     "seg_perception": 300,
     "backends": 240,
+    "invocation": 300,
     "alignment": 240,
     "instruction": 540,
-    "pixel": 300,
+    "pixel": 270,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.
