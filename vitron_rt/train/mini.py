@@ -44,17 +44,19 @@ from vitron_rt.train.stages import STAGES, Stage
 # SHARES); then trimmed by measured full runs on 2 threads of an otherwise idle machine.
 # The run that wrote the shipped weights (stage seconds include building the batches):
 #   stage           batch  steps  measured s   note
-#   autoencoder        16    140       139
-#   perception         24   1000       170     vision tower head
-#   seg_perception     24    300       129     SAM encoder head
-#   backends           16    240       369
-#   alignment          16    240       182     vision tower frozen from here on
-#   instruction        16    540       459     LLM loss + signal alignment, 3 follow-ups
-#   pixel               8    300       248
-# 28.4 minutes in all, tokenizer and saving included (the 30 allowed). The same recipe
-# with seg_perception 500, backends 250, alignment 340 and pixel 380 took 32.4 minutes and
-# scored better on the probe (QA 50 % against 48 %, segmentation mIoU 0.55 / 0.61 / 0.68
-# against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
+#   autoencoder        16     80        74     140 before the invocation stage came
+#   perception         24   1000       161     vision tower head
+#   seg_perception     24    300       103     SAM encoder head
+#   backends           16    240       341
+#   invocation         16    300        98     text-only requests: the LLM learns to copy
+#   alignment          16    240       188     vision tower frozen from here on
+#   instruction        16    540       481     LLM loss + signal alignment, 3 follow-ups
+#   pixel               8    270       210     300 before the invocation stage came
+# 27.7 minutes in all, tokenizer and saving included (the 30 allowed). The previous recipe
+# (no invocation, autoencoder 140, pixel 300) took 28.4 minutes. A run with
+# seg_perception 500, backends 250, alignment 340 and pixel 380 (no invocation) took 32.4
+# minutes and scored better on segmentation than that recipe (probe mIoU 0.55 / 0.61 /
+# 0.68 against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
     "autoencoder": 80,
     "perception": 1000,
