@@ -308,15 +308,19 @@ class Worker:
                     job.state = "finished"
                     self._drop_client(job.client)
                     self._service_s = 0.8 * self._service_s + 0.2 * took
-                self._delete_scratch(job)
 
     def _run(self, job: Job) -> None:
         metrics = self.metrics
         if metrics is not None:
             metrics.queue_wait.observe(time.monotonic() - job.arrived)
         try:
-            job.check()
-            result = self._execute(job)
+            try:
+                job.check()
+                result = self._execute(job)
+            finally:
+                # The inputs are read (or never will be): gone before any reply is sent, so
+                # a client that sees the reply sees no upload left behind.
+                self._delete_scratch(job)
             artifacts = self.store.publish(job.id, result.outputs)
             if job.cancel_reason is not None:  # cancelled while a back end ran: nobody wants the files
                 raise Cancelled(job.cancel_reason)
