@@ -143,7 +143,7 @@ AUTOENCODER = Stage(
 # The two encoders learn to see in stages of their own: the vision tower needs twice the
 # steps SAM's encoder does (measured on held-out cells: the tower's kind right on 53-65 %
 # after 500 steps, 92 % after 1000; SAM's encoder, 8-pixel patches, 96 % after 500), and its
-# steps cost less than half of SAM's (0.17 s against 0.43 s at batch 24 in the shipped run).
+# steps cost less than half of SAM's (0.16 s against 0.34 s at batch 24 in the shipped run).
 PERCEPTION = Stage(
     name="perception",
     kind="perception",
