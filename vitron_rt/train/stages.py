@@ -31,10 +31,11 @@ learns to copy a request's words into its reply on text alone (`invocation`, the
 language pretraining Vicuna brings: a message names what was asked). Then the paper's
 three stages, the vision tower frozen from here on (as LLaVA's is; trained on through the
 LLM loss, it lost what perception taught it): (1) vision-language alignment, training the
-LLM with the projector; (2) instruction and invocation tuning, with the signal projectors
-aligned to the back ends' codes from here on; (3) pixel-level alignment: the signal
-projectors are pulled towards the codes the back ends understand (NExT-GPT's
-decoding-side alignment) while the back-end losses flow through them into the LLM.
+LLM with the projector; (2) the paper's invocation-oriented instruction tuning (stage
+`instruction`, not `invocation`), with the signal projectors aligned to the back ends'
+codes from here on; (3) pixel-level alignment: the signal projectors are pulled towards
+the codes the back ends understand (NExT-GPT's decoding-side alignment) while the
+back-end losses flow through them into the LLM.
 
 A `Stage` is plain configuration you can hold, print and change before anything runs; the
 `Trainer` (`vitron_rt.train.trainer`) runs one.
