@@ -4,6 +4,8 @@ appended), the task-pipeline hook, and bad input."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -12,11 +14,12 @@ from vitron_rt.runtime import generate as generate_mod
 from vitron_rt.runtime import tasks
 from vitron_rt.runtime.errors import MediaError, MessageError, RegionError, VitronInputError
 from vitron_rt.runtime.kv_cache import HostKvCache
+from vitron_rt.runtime.messages import HybridMessage
 from vitron_rt.runtime.media import VideoWriter, write_png_atomic
 from vitron_rt.runtime.prefill import splice
 from vitron_rt.runtime.sampling import SamplingParams
 from vitron_rt.runtime.session import Session
-from vitron_rt.runtime.tasks import TaskOutput, register_pipeline
+from vitron_rt.runtime.tasks import TaskOutput, TaskRequest, register_pipeline
 
 GREEDY = SamplingParams(greedy=True, max_new_tokens=6)
 TEST_OPTIONS = OrtOptions(intra_op_threads=1, cache_optimized=False)
@@ -295,6 +298,40 @@ def test_registered_pipeline_gets_the_request(tiny, no_pipelines, tmp_path):
     assert gen.outputs == [] and any("no pipeline is registered for generate_image" in n for n in gen.notes)
     wrong = tiny.run("Segment", task="segment_image", sampling=GREEDY)
     assert wrong.outputs == [] and any("works on an image" in n for n in wrong.notes)
+
+
+def test_adapted_pipeline_gets_the_users_box_when_the_message_names_none(tmp_path):
+    seen = []
+
+    class Recorder:
+        def __init__(self, manifest, runners):
+            pass
+
+        def run(self, message, signal, media, out_dir, timings):
+            seen.append(message)
+            return SimpleNamespace(outputs=[], info={})
+
+    run = tasks._adapt(Recorder)
+    signal = np.ones((2, 8), np.float32)
+    bare = HybridMessage("segment_image", ("the red circle",)).with_signal(signal)
+    boxed = HybridMessage("segment_image", ("the red circle",), region=(0.5, 0.5, 0.9, 0.9)).with_signal(signal)
+    user_box = (0.1, 0.2, 0.3, 0.4)
+    for message in (bare, boxed):
+        request = TaskRequest(
+            module="segment_image",
+            message=message,
+            conditioning=np.zeros((1, 2, 4), np.float32),
+            out_dir=tmp_path,
+            bundle=SimpleNamespace(manifest=None),
+            runners={},
+            image_path=tmp_path / "x.png",
+            region=message.region if message.region is not None else user_box,
+        )
+        assert run(request) == []
+    (no_region, own_region) = seen
+    assert no_region.region == (0.1, 0.2, 0.3, 0.4) and no_region.instructions == ("the red circle",)
+    assert no_region.signal is signal  # the signal tokens ride along
+    assert own_region.region == (0.5, 0.5, 0.9, 0.9)  # the model's own region wins
 
 
 def test_builtin_segmentation_pipeline_through_the_hook(tiny, tmp_path):

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -168,10 +168,14 @@ def _adapt(cls: type) -> Pipeline:
     the session's runners (activated once, shared), called with the request's media
     path. An image given as an array is written to a temporary PNG for it; an edit
     pipeline also gets `seg_signal`, the signal tokens through the segment_image
-    projector, when the bundle has one."""
+    projector, when the bundle has one. A message that names no region is given the
+    request's (the user's box), as `TaskRequest.region` says."""
 
     def run(request: TaskRequest) -> list[TaskOutput]:
         pipeline = cls(request.bundle.manifest, request.runners)
+        message = request.message
+        if message.region is None and request.region is not None:
+            message = replace(message, region=request.region)  # the signal rides along
         extra = {}
         if "seg_signal" in inspect.signature(pipeline.run).parameters:
             extra["seg_signal"] = _seg_signal(request)
@@ -181,9 +185,7 @@ def _adapt(cls: type) -> Pipeline:
             if media is None and request.image is not None:
                 scratch = Path(tempfile.mkdtemp(prefix="vitron-rt-image-"))
                 media = write_png_atomic(scratch / "image.png", request.image)
-            result = pipeline.run(
-                request.message, request.conditioning, media, request.out_dir, request.timings_ms, **extra
-            )
+            result = pipeline.run(message, request.conditioning, media, request.out_dir, request.timings_ms, **extra)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)

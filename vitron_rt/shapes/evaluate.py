@@ -37,6 +37,7 @@ from vitron_rt.runtime.media import VideoReader, VideoWriter, load_image
 from vitron_rt.runtime.messages import parse
 from vitron_rt.runtime.pipelines.base import Clock
 from vitron_rt.runtime.pipelines.segmentation import Segmenter
+from vitron_rt.runtime.region import Box
 from vitron_rt.runtime.sampling import SamplingParams
 from vitron_rt.runtime.session import RunResult, Session
 from vitron_rt.shapes import metrics
@@ -215,11 +216,15 @@ def _output(result: RunResult, kind: str, name: str | None = None) -> Path | Non
     return None
 
 
-def track_masks(session: Session, result: RunResult, frames: np.ndarray) -> np.ndarray:
+def track_masks(
+    session: Session, result: RunResult, frames: np.ndarray, user_region: Box | None = None
+) -> np.ndarray:
     """(T, H, W) bool: the segment_video request's mask in every frame (see the module
-    docstring), through the session's runners."""
+    docstring), through the session's runners; the message's region, else the user's box,
+    as the runtime gives its back ends."""
     seg = Segmenter(session.manifest, session.runners)
     region = result.message.region if result.message is not None else None
+    region = user_region if region is None else region
     clock, previous, masks = Clock(), None, []
     for frame in frames:
         mask, decoded = seg.segment(frame, result.conditioning, region, clock, previous=previous)
@@ -248,7 +253,7 @@ def run_sample(
     outcome = Outcome(text=result.text, module=module, parse_error=parsed.error, result=result, wall_ms=wall_ms)
     ran = None if result.message is None or not result.outputs else result.message.module  # the back end that wrote
     if ran == "segment_video" and inputs.frames is not None:
-        outcome.mask = track_masks(session, result, inputs.frames)
+        outcome.mask = track_masks(session, result, inputs.frames, sample.region)
     elif (path := _output(result, "mask")) is not None:
         outcome.mask = load_image(path)[..., 0] > 127
     if ran in ("generate_image", "edit_image"):
