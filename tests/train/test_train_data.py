@@ -92,6 +92,16 @@ def test_the_batch_holds_every_input_and_target(tok, spec):
     assert batch.diff_codes[diff["edit_recolour"]].tolist() == code_array(scene_code(edit.target_scene), 4).tolist()
 
 
+def test_a_language_batch_leaves_the_back_end_items_out(tok, spec):
+    full = collate(ALL, tok, spec, np.random.default_rng(0))
+    lean = collate(ALL, tok, spec, np.random.default_rng(0), backends=False)
+    for name in ("input_ids", "labels", "attention_mask", "pixel_values", "region_boxes", "signal_positions"):
+        assert torch.equal(getattr(full, name), getattr(lean, name)), name
+    assert len(full.seg_owner) and len(full.diff_owner)
+    assert lean.seg_owner.shape == (0,) and lean.seg_pixels.shape[0] == 0 and lean.seg_projector == ()
+    assert lean.diff_owner.shape == (0,) and lean.diff_images.shape[0] == 0 and lean.diff_codes.shape[0] == 0
+
+
 def test_codes():
     scene = ShapesWorld(seed=0).scene(3)
     code = scene_code(scene)

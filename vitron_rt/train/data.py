@@ -311,9 +311,15 @@ def _diff_tensors(items: Sequence[DiffItem], spec: DataSpec) -> dict[str, torch.
 
 
 def collate(
-    samples: Sequence[Sample], tokenizer: PreparedTokenizer, spec: DataSpec, rng: np.random.Generator
+    samples: Sequence[Sample],
+    tokenizer: PreparedTokenizer,
+    spec: DataSpec,
+    rng: np.random.Generator,
+    backends: bool = True,
 ) -> Batch:
-    """The batch of `samples` (see the module docstring)."""
+    """The batch of `samples` (see the module docstring). `backends=False` leaves the
+    back-end items out (empty seg_* / diff_* tensors): a stage with the LLM loss alone
+    never reads them, and building them renders every edit's and generation's target."""
     encoded = [encode_sample(s, tokenizer, spec) for s in samples]
     length = max(len(e.ids) for e in encoded)
     b = len(samples)
@@ -343,9 +349,10 @@ def collate(
         if sample.region is not None:
             region_boxes.append(sample.region)
             region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
-        seg, diff = backend_items(sample, i, rng)
-        seg_items += seg
-        diff_items += diff
+        if backends:
+            seg, diff = backend_items(sample, i, rng)
+            seg_items += seg
+            diff_items += diff
     s = spec.vision.image_size
     pixels = preprocess_images(images, spec.vision) if images else np.zeros((0, 3, s, s), np.float32)
     boxes = torch.tensor(region_boxes, dtype=torch.float32).reshape(-1, 4)

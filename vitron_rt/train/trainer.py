@@ -164,7 +164,7 @@ class Trainer:
             return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells)
         if stage.kind in ("autoencoder", "backends"):
             return backend_batch(samples, self.spec, rng)
-        return collate(samples, self.tokenizer, self.spec, rng)
+        return collate(samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel")
 
     # ------------------------------------------------------------------ losses
 
