@@ -58,14 +58,14 @@ from vitron_rt.train.stages import STAGES, Stage
 # minutes and scored better on segmentation than that recipe (probe mIoU 0.55 / 0.61 /
 # 0.68 against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
-    "autoencoder": 80,
+    "autoencoder": 1000,
     "perception": 1000,
     "seg_perception": 300,
     "backends": 240,
     "invocation": 300,
     "alignment": 240,
-    "instruction": 540,
-    "pixel": 270,
+    "instruction": 520,
+    "pixel": 250,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.
