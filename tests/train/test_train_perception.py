@@ -63,6 +63,15 @@ def test_the_batch_labels_the_shapes_colour_kind_and_place():
     assert torch.equal(cells, batch.seg_labels["colour"][0, :, 0])
     with pytest.raises(ValueError, match="image or a video"):
         perception_batch(samples[2:], spec, np.random.default_rng(0), cells=2)
+    # A stage that trains one encoder gets its half alone, the same tensors.
+    seg_only = perception_batch(samples, spec, np.random.default_rng(0), cells=2, encoders=("seg",))
+    assert seg_only.pixel_values is None and seg_only.labels is None
+    assert torch.equal(seg_only.seg_pixel_values, batch.seg_pixel_values)
+    assert all(torch.equal(seg_only.seg_labels[k], batch.seg_labels[k]) for k in batch.seg_labels)
+    vision_only = perception_batch(samples, spec, np.random.default_rng(0), cells=2, encoders=("vision",))
+    assert vision_only.seg_pixel_values is None and torch.equal(vision_only.pixel_values, batch.pixel_values)
+    with pytest.raises(ValueError, match="encoders"):
+        perception_batch(samples, spec, np.random.default_rng(0), cells=2, encoders=("clip",))
 
 
 def test_the_loss_weighs_background_less_and_accuracy_skips_it():

@@ -432,10 +432,11 @@ class PerceptionBatch:
     background: its colour, kind and place (where the shape's centre is), each field's
     background label one past its classes."""
 
-    pixel_values: torch.Tensor  # (M, 3, S, S), the vision preprocess
-    labels: dict[str, torch.Tensor]  # "colour", "kind", "place" -> (M, N, c*c) int64
-    seg_pixel_values: torch.Tensor  # (M, 3, Ss, Ss), SAM's preprocess
-    seg_labels: dict[str, torch.Tensor]  # "colour", "kind" -> (M, E*E, 1): a cell per embedding position
+    # None: the batch was built without that encoder's half (`perception_batch`'s `encoders`).
+    pixel_values: torch.Tensor | None = None  # (M, 3, S, S), the vision preprocess
+    labels: dict[str, torch.Tensor] | None = None  # "colour", "kind", "place" -> (M, N, c*c) int64
+    seg_pixel_values: torch.Tensor | None = None  # (M, 3, Ss, Ss), SAM's preprocess
+    seg_labels: dict[str, torch.Tensor] | None = None  # "colour", "kind" -> (M, E*E, 1): a cell per embedding position
 
 
 # A cell belongs to a shape if that shape's visible part covers at least this much of it.
@@ -459,11 +460,19 @@ def cell_owners(masks: np.ndarray, grid: int, cells: int) -> np.ndarray:
 
 
 def perception_batch(
-    samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, cells: int
+    samples: Sequence[Sample],
+    spec: DataSpec,
+    rng: np.random.Generator,
+    cells: int,
+    encoders: Sequence[str] = ("vision", "seg"),
 ) -> PerceptionBatch:
     """A stage-`perception` batch: each sample's input image (a video: one frame, drawn by
     `rng`) with the fields of each cell's owner (`cell_owners`): `cells` per side of a
-    vision patch, one per SAM embedding position."""
+    vision patch, one per SAM embedding position. `encoders` picks the halves built
+    ("vision": the tower's, "seg": SAM's); the other half is None."""
+    unknown = set(encoders) - {"vision", "seg"}
+    if unknown or not encoders:
+        raise ValueError(f"encoders must name 'vision' and / or 'seg', got {tuple(encoders)}")
     images, masks, fields = [], [], []
     for sample in samples:
         if sample.media == "image":
@@ -487,10 +496,12 @@ def perception_batch(
     if not images:
         raise ValueError("a perception batch needs samples with an image or a video")
     out = {}
-    for prefix, prep, grid, c, names in (
-        ("", spec.vision, math.isqrt(spec.num_patches), cells, ("colour", "kind", "place")),
-        ("seg_", spec.seg, spec.seg_grid, 1, ("colour", "kind")),
+    for encoder, prefix, prep, grid, c, names in (
+        ("vision", "", spec.vision, math.isqrt(spec.num_patches), cells, ("colour", "kind", "place")),
+        ("seg", "seg_", spec.seg, spec.seg_grid, 1, ("colour", "kind")),
     ):
+        if encoder not in encoders:
+            continue
         if any(image.shape[:2] != (prep.image_size, prep.image_size) for image in images):
             raise ValueError(f"perception needs images at the encoders' {prep.image_size} x {prep.image_size}")
         owners = [cell_owners(m, grid, c) for m in masks]

@@ -58,12 +58,12 @@ from vitron_rt.train.stages import STAGES, Stage
 # minutes and scored better on segmentation than that recipe (probe mIoU 0.55 / 0.61 /
 # 0.68 against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
-    "autoencoder": 1000,
+    "autoencoder": 850,
     "perception": 1000,
-    "seg_perception": 300,
-    "backends": 240,
+    "seg_perception": 270,
+    "backends": 215,
     "invocation": 300,
-    "alignment": 240,
+    "alignment": 230,
     "instruction": 520,
     "pixel": 250,
 }

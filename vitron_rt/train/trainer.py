@@ -161,7 +161,9 @@ class Trainer:
         samples = self.samples(stage, step)
         rng = self._rng(stage, step, "collate")
         if stage.kind == "perception":
-            return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells)
+            w = stage.loss_weights
+            encoders = [e for e, loss in (("vision", "patch"), ("seg", "seg_patch")) if w.get(loss)]
+            return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells, encoders)
         if stage.kind in ("autoencoder", "backends"):
             return backend_batch(samples, self.spec, rng)
         return collate(samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel")
