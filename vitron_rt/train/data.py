@@ -319,7 +319,8 @@ def collate(
 ) -> Batch:
     """The batch of `samples` (see the module docstring). `backends=False` leaves the
     back-end items out (empty seg_* / diff_* tensors): a stage with the LLM loss alone
-    never reads them, and building them renders every edit's and generation's target."""
+    never reads them, and building them (targets rendered, SAM and VAE inputs prepared)
+    took three quarters of an instruction batch's 0.10 s."""
     encoded = [encode_sample(s, tokenizer, spec) for s in samples]
     length = max(len(e.ids) for e in encoded)
     b = len(samples)
