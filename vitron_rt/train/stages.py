@@ -148,7 +148,7 @@ AUTOENCODER = Stage(
 # The two encoders learn to see in stages of their own: the vision tower needs twice the
 # steps SAM's encoder does (measured on held-out cells: the tower's kind right on 53-65 %
 # after 500 steps, 92 % after 1000; SAM's encoder, 8-pixel patches, 96 % after 500), and its
-# steps cost less than half of SAM's (0.16 s against 0.34 s at batch 24 in the shipped run).
+# steps cost less than half of SAM's (0.15 s against 0.39 s at batch 24 in the shipped run).
 PERCEPTION = Stage(
     name="perception",
     kind="perception",
@@ -180,7 +180,7 @@ BACKENDS = Stage(
 # 0 % -> 85 %, image segmentation 10 % -> 52 %, video segmentation 19 % -> 44 %; 100 steps
 # gave 42 % / 8 % / 8 %, and the same requests mixed into alignment instead 0 %. Batch 16
 # here (0.33 s a step, the LLM's forward and backward: building the batch takes 0.02 s). In
-# the full recipe (the shipped run against the one before it, same probe): 8 % -> 83 %,
+# the full recipe (session 6's shipped run against the one before it, same probe): 8 % -> 83 %,
 # 52 % -> 75 %, 42 % -> 67 %, and SAM's masks from the signal tokens mIoU 0.55 -> 0.69.
 INVOCATION = Stage(
     name="invocation",
