@@ -238,6 +238,9 @@ class Batch:
     diff_images: torch.Tensor  # (P, 3, Hv, Wv) in [-1, 1]
     diff_weights: torch.Tensor  # (P, 1, h, w) per-latent-cell loss weight
     diff_codes: torch.Tensor  # (P, K, 3) int64 diffusion codes
+    # What each cell of each image row shows ("colour", "kind", "place" -> (M, N, c*c) int64,
+    # `cell_fields`), for the projector's word objective; None unless `collate(words=c)`.
+    patch_labels: dict[str, torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -316,11 +319,13 @@ def collate(
     spec: DataSpec,
     rng: np.random.Generator,
     backends: bool = True,
+    words: int = 0,
 ) -> Batch:
     """The batch of `samples` (see the module docstring). `backends=False` leaves the
     back-end items out (empty seg_* / diff_* tensors): a stage with the LLM loss alone
     never reads them, and building them (targets rendered, SAM and VAE inputs prepared)
-    took three quarters of an instruction batch's 0.10 s."""
+    took three quarters of an instruction batch's 0.10 s. `words=c` also labels the
+    c x c cells of every image row's patches (`Batch.patch_labels`)."""
     encoded = [encode_sample(s, tokenizer, spec) for s in samples]
     length = max(len(e.ids) for e in encoded)
     b = len(samples)
@@ -329,6 +334,7 @@ def collate(
     labels = torch.full((b, length), IGNORE, dtype=torch.int64)
     positions = torch.full((b, spec.num_signal_tokens), -1, dtype=torch.int64)
     images: list[np.ndarray] = []
+    shown: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # per image row: shape masks, fields
     region_boxes, region_image = [], []
     seg_items: list[SegItem] = []
     diff_items: list[DiffItem] = []
@@ -342,11 +348,16 @@ def collate(
             for k, sid in enumerate(spec.signal_ids):
                 positions[i, k] = enc.prompt_len + reply.index(sid)
         first_image = len(images)
+        times = []
         if sample.media == "image":
             images.append(sample.image)
+            times = [0]
         elif sample.media == "video":
             frames = sample.video
-            images.extend(frames[sample_frame_indices(len(frames), spec.video_frames)])
+            times = sample_frame_indices(len(frames), spec.video_frames)
+            images.extend(frames[times])
+        if words:
+            shown += [frame_fields(sample, int(t)) for t in times]
         if sample.region is not None:
             region_boxes.append(sample.region)
             region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
@@ -374,6 +385,7 @@ def collate(
         diff_projector=tuple(it.projector for it in diff_items),
         **_seg_tensors(seg_items, spec),
         **_diff_tensors(diff_items, spec),
+        patch_labels=cell_fields(shown, math.isqrt(spec.num_patches), words, FIELD_NAMES) if words else None,
     )
 
 
@@ -442,6 +454,7 @@ class PerceptionBatch:
 
 # A cell belongs to a shape if that shape's visible part covers at least this much of it.
 MIN_CELL_COVER = 0.3
+FIELD_NAMES = ("colour", "kind", "place")
 
 
 def cell_owners(masks: np.ndarray, grid: int, cells: int) -> np.ndarray:
@@ -474,26 +487,13 @@ def perception_batch(
     unknown = set(encoders) - {"vision", "seg"}
     if unknown or not encoders:
         raise ValueError(f"encoders must name 'vision' and / or 'seg', got {tuple(encoders)}")
-    images, masks, fields = [], [], []
+    images, shown = [], []
     for sample in samples:
-        if sample.media == "image":
-            t, image, m = 0, sample.image, sample.shape_masks
-        elif sample.media == "video":
-            t = int(rng.integers(len(sample.video)))
-            image, m = sample.video[t], sample.shape_masks[t]
-        else:
+        if sample.media == "none":
             continue
-        scene = sample.scene.at(t)
-        # Shape index -> label per field; index n (no shape) -> background, one past the classes.
-        fields.append(
-            {
-                "colour": np.array([*(COLOUR_INDEX[x.colour] for x in scene.shapes), len(COLOURS)]),
-                "kind": np.array([*(KIND_INDEX[x.kind] for x in scene.shapes), len(KINDS)]),
-                "place": np.array([*(PLACE_INDEX[scene.place(i)] for i in range(len(scene))), len(PLACES)]),
-            }
-        )
-        images.append(image)
-        masks.append(m)
+        t = int(rng.integers(len(sample.video))) if sample.media == "video" else 0
+        images.append(sample.video[t] if sample.media == "video" else sample.image)
+        shown.append(frame_fields(sample, t))
     if not images:
         raise ValueError("a perception batch needs samples with an image or a video")
     out = {}
@@ -505,9 +505,29 @@ def perception_batch(
             continue
         if any(image.shape[:2] != (prep.image_size, prep.image_size) for image in images):
             raise ValueError(f"perception needs images at the encoders' {prep.image_size} x {prep.image_size}")
-        owners = [cell_owners(m, grid, c) for m in masks]
         out[f"{prefix}pixel_values"] = torch.from_numpy(preprocess_images(images, prep))
-        out[f"{prefix}labels"] = {
-            name: torch.from_numpy(np.stack([f[name][o] for f, o in zip(fields, owners)])) for name in names
-        }
+        out[f"{prefix}labels"] = cell_fields(shown, grid, c, names)
     return PerceptionBatch(**out)
+
+
+def frame_fields(sample: Sample, t: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Frame `t` of a sample's input (0 for an image): its shapes' visible masks (n, H, W)
+    and, per field of `FIELD_NAMES`, the label of each shape then the background's (one
+    past the field's classes): (n + 1,) int64."""
+    masks = sample.shape_masks[t] if sample.media == "video" else sample.shape_masks
+    scene = sample.scene.at(t)
+    fields = {
+        "colour": np.array([*(COLOUR_INDEX[x.colour] for x in scene.shapes), len(COLOURS)]),
+        "kind": np.array([*(KIND_INDEX[x.kind] for x in scene.shapes), len(KINDS)]),
+        "place": np.array([*(PLACE_INDEX[scene.place(i)] for i in range(len(scene))), len(PLACES)]),
+    }
+    return masks, fields
+
+
+def cell_fields(
+    shown: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], grid: int, cells: int, names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """`frame_fields` of M frames -> per field of `names`, the label of each cell's owner
+    (`cell_owners`): (M, grid*grid, cells*cells) int64."""
+    owners = [cell_owners(masks, grid, cells) for masks, _ in shown]
+    return {name: torch.from_numpy(np.stack([f[name][o] for (_, f), o in zip(shown, owners)])) for name in names}

@@ -125,3 +125,44 @@ def cell_accuracy(head: PatchHead, features: torch.Tensor, labels: dict[str, tor
     logits = head(features)
     shape = labels["colour"] != FIELDS["colour"]
     return {f: float((logits[f].argmax(-1) == labels[f])[shape].float().mean()) for f in head.fields}
+
+
+# --------------------------------------------------------------------------- the projector's words
+
+
+def word_ids(tokenizer, names: tuple[str, ...] = ("colour", "kind", "place")) -> dict[str, list[list[int]]]:
+    """Per field, per class, the token ids of its word(s) as a reply writes them (" red",
+    " triangle", " top left"): what the word objective asks a patch to look like."""
+    classes = {"colour": tuple(COLOURS), "kind": KINDS, "place": PLACES}
+    enc = tokenizer.tokenizer.encode
+    return {f: [enc(" " + word, add_special_tokens=False).ids for word in classes[f]] for f in names}
+
+
+def word_targets(labels: dict[str, torch.Tensor], words: dict[str, list[list[int]]], vocab: int) -> torch.Tensor:
+    """Per-cell labels (field -> (M, N, c*c)) -> (M, N, V) target weights: each field's word
+    tokens, weighted by the share of the patch's cells its class owns (a word of t tokens
+    shares it), background cells adding nothing."""
+    m, n, _ = next(iter(labels.values())).shape
+    target = torch.zeros(m, n, vocab)
+    for f, ids_per_class in words.items():
+        for cls, ids in enumerate(ids_per_class):
+            share = (labels[f] == cls).float().mean(-1)  # (M, N)
+            for t in ids:
+                target[..., t] += share / len(ids)
+    return target
+
+
+def words_loss(
+    embeds: torch.Tensor, norm: nn.Module, vocab_matrix: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor | None:
+    """The projector's word objective: each projected patch (M, N, D), read by the LLM's
+    output head (its final `norm`, then the tied `vocab_matrix` (V, D), not trained by this
+    loss), predicts the words of what its cells show (`word_targets`): cross entropy
+    against the normalised target, over the patches that show a shape (None if none do)."""
+    total = target.sum(-1)  # (M, N)
+    keep = total > 0
+    if not bool(keep.any()):
+        return None
+    logits = norm(embeds[keep]) @ vocab_matrix.detach().T  # (P, V)
+    p = target[keep] / total[keep, None]
+    return -(p * F.log_softmax(logits, dim=-1)).sum(-1).mean()

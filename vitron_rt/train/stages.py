@@ -63,7 +63,19 @@ GROUPS: tuple[str, ...] = (
     "patch_head",  # the perception stage's per-patch heads (training scaffolding, not exported)
 )
 KINDS = ("autoencoder", "perception", "backends", "language", "pixel")
-LOSSES = ("recon", "latent_scale", "patch", "seg_patch", "code_mask", "code_denoise", "lm", "align", "mask", "denoise")
+LOSSES = (
+    "recon",
+    "latent_scale",
+    "patch",
+    "seg_patch",
+    "code_mask",
+    "code_denoise",
+    "lm",
+    "words",
+    "align",
+    "mask",
+    "denoise",
+)
 
 
 @dataclass(frozen=True)
@@ -191,12 +203,20 @@ INVOCATION = Stage(
     batch_size=16,
     lr=1e-3,
 )
+# The projector's word objective ("words", `perception.words_loss`): each projected patch,
+# read by the LLM's output head, predicts the words of what it shows (its colour, kind and
+# place), as CLIP's language-aligned features give LLaVA's projector a head start. Measured
+# from the same start (the shipped vision tower, a fresh LLM and projector: invocation 300,
+# alignment 230, then 300 steps of image QA alone; teacher-forced probe, 48 held-out samples
+# a task): colour questions 17 % -> 71 %, region colour 27 % -> 65 %, the moving shape's
+# colour 10 % -> 56 %, but counting 58 % -> 29 % (and video count 46 % -> 23 %); kind and
+# place unchanged; with the objective in the QA steps as well: 58 %, 71 %, 35 %, 42 %.
 ALIGNMENT = Stage(
     name="alignment",
     kind="language",
     mix=dict(ALIGNMENT_MIX),
     trainable=("projector", "llm"),
-    loss_weights={"lm": 1.0},
+    loss_weights={"lm": 1.0, "words": 1.0},
     batch_size=16,
     lr=1e-3,
 )
@@ -210,7 +230,7 @@ INSTRUCTION = Stage(
     kind="pixel",
     mix=dict(INSTRUCTION_MIX),
     trainable=("projector", "region", "llm", "signal"),
-    loss_weights={"lm": 1.0, "align": 1.0},
+    loss_weights={"lm": 1.0, "words": 1.0, "align": 1.0},
     batch_size=16,
     lr=6e-4,
     follow_ups=3,

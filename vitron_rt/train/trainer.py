@@ -43,7 +43,14 @@ from vitron_rt.train.data import (
     collate,
     perception_batch,
 )
-from vitron_rt.train.perception import PatchHead, PerceptionHeads, patch_loss
+from vitron_rt.train.perception import (
+    PatchHead,
+    PerceptionHeads,
+    patch_loss,
+    word_ids,
+    word_targets,
+    words_loss,
+)
 from vitron_rt.train.stages import Stage
 
 
@@ -124,6 +131,7 @@ class Trainer:
         self.seed = seed
         self.spec = DataSpec.build(model.config, tokenizer)
         self.tasks = TaskGenerator(ShapesWorld(seed=world_seed), num_signal_tokens=self.spec.num_signal_tokens)
+        self.words = word_ids(tokenizer)  # the word objective's targets (`perception.words_loss`)
         self.schedule = fw.NoiseSchedule()
         sig = model.config.signal
         with torch.random.fork_rng(devices=[]):
@@ -166,7 +174,8 @@ class Trainer:
             return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells, encoders)
         if stage.kind in ("autoencoder", "backends"):
             return backend_batch(samples, self.spec, rng)
-        return collate(samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel")
+        words = self.patch_head.vision.cells if stage.loss_weights.get("words") else 0
+        return collate(samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel", words=words)
 
     # ------------------------------------------------------------------ losses
 
@@ -204,6 +213,12 @@ class Trainer:
         x = fw.sequence_embeds(model, batch, self.spec, features, embeds)
         logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
         out = {"lm": fw.lm_loss(logits, batch.labels)}
+        if w.get("words") and batch.patch_labels is not None:
+            hf = model.llm_decoder.model
+            target = word_targets(batch.patch_labels, self.words, logits.shape[-1])
+            words = words_loss(embeds, hf.model.norm, hf.lm_head.weight, target)
+            if words is not None:
+                out["words"] = words
         if stage.kind != "pixel":
             return out
         signal = fw.signal_hidden(hidden, batch.signal_positions)  # (B, K, D)
