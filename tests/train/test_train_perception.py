@@ -1,6 +1,8 @@
 """Stage `perception`: each cell is labelled with the colour, kind and place of the shape
 that covers most of it, in the encoders' patch order, a video contributes one frame, and
-the loss weighs shapes over background."""
+the loss weighs shapes over background. The projector's word objective reuses the labels:
+every image row of an LLM batch (a video's sampled frames) is labelled alike, and each
+shape patch is asked for its words, shared by the cells that show them."""
 
 import math
 
@@ -13,8 +15,18 @@ from vitron_rt.shapes import ShapesWorld
 from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.tasks import TaskGenerator
 from vitron_rt.shapes.vocab import shapes_tokenizer
-from vitron_rt.train.data import MIN_CELL_COVER, DataSpec, cell_owners, perception_batch
-from vitron_rt.train.perception import BACKGROUND_WEIGHT, FIELDS, PatchHead, cell_accuracy, patch_loss
+from vitron_rt.runtime.media import sample_frame_indices
+from vitron_rt.train.data import MIN_CELL_COVER, DataSpec, cell_owners, collate, perception_batch
+from vitron_rt.train.perception import (
+    BACKGROUND_WEIGHT,
+    FIELDS,
+    PatchHead,
+    cell_accuracy,
+    patch_loss,
+    word_ids,
+    word_targets,
+    words_loss,
+)
 
 CFG = preset("mini")
 
@@ -116,3 +128,55 @@ def test_init_positions_writes_a_row_major_2d_sincos_table():
     assert torch.equal(weight[0], torch.zeros(CFG.vision.hidden_size))  # the class token's
     assert torch.equal(weight[1:], sincos_positions(grid, CFG.vision.hidden_size))
     assert weight.requires_grad  # trained on from here
+
+
+def test_an_llm_batch_labels_every_image_row_for_the_word_objective():
+    tok = shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
+    spec = DataSpec.build(CFG, tok)
+    gen = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
+    image, video, text = gen.sample("qa_colour", 2), gen.sample("caption_video", 4), gen.sample("gen_image", 0)
+    batch = collate([image, video, text], tok, spec, np.random.default_rng(0), backends=False, words=2)
+    rows = 1 + CFG.video_frames
+    assert batch.pixel_values.shape[0] == rows
+    assert all(v.shape == (rows, spec.num_patches, 4) for v in batch.patch_labels.values())
+    # The image's rows are the perception batch's labels of the same image.
+    alone = perception_batch([image], spec, np.random.default_rng(0), cells=2, encoders=("vision",))
+    assert all(torch.equal(batch.patch_labels[k][:1], alone.labels[k]) for k in alone.labels)
+    # A video's rows: the sampled frames, each labelled from where its shapes are then.
+    times = sample_frame_indices(len(video.video), CFG.video_frames)
+    for row, t in enumerate(times, start=1):
+        owner = torch.from_numpy(cell_owners(video.shape_masks[t], 8, 2))
+        place = [PLACES.index(video.scene.at(int(t)).place(i)) for i in range(len(video.scene))]
+        expected = torch.tensor([*place, len(PLACES)])[owner]
+        assert torch.equal(batch.patch_labels["place"][row], expected)
+    assert collate([image], tok, spec, np.random.default_rng(0), backends=False).patch_labels is None
+
+
+def test_the_word_objective_asks_each_shape_patch_for_its_words():
+    tok = shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
+    words = word_ids(tok)
+    assert [len(words[f]) for f in ("colour", "kind", "place")] == [len(COLOURS), len(KINDS), len(PLACES)]
+    assert tok.tokenizer.decode(words["place"][PLACES.index("top left")]).strip() == "top left"
+    red, top_left = words["colour"][0], words["place"][0]
+    # Patch 0: all four cells a red circle at the top left; patch 1: half of them; patch 2: background.
+    bg = {f: FIELDS[f] for f in FIELDS}
+    labels = {f: torch.tensor([[[0, 0, 0, 0], [0, 0, bg[f], bg[f]], [bg[f]] * 4]]) for f in FIELDS}
+    target = word_targets(labels, words, tok.vocab_size)  # (1, 3, V)
+    assert target[0, 0, red[0]] == 1.0 and target[0, 1, red[0]] == 0.5
+    assert target[0, 0, top_left].sum() == pytest.approx(1.0)  # a word's tokens share its weight
+    assert target[0, 0].sum() == pytest.approx(3.0) and target[0, 2].sum() == 0.0
+    # Cross entropy against the normalised target over the shape patches; the vocabulary
+    # matrix gets no gradient, the patches do.
+    dim = 8
+    norm = torch.nn.Identity()
+    matrix = torch.randn(tok.vocab_size, dim, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    embeds = torch.randn(1, 3, dim, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    loss = words_loss(embeds, norm, matrix, target)
+    with torch.no_grad():
+        logp = torch.log_softmax(embeds[0, :2] @ matrix.T, dim=-1)  # (2, V)
+        p = target[0, :2] / target[0, :2].sum(-1, keepdim=True)
+        expected = float(-(p * logp).sum(-1).mean())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert matrix.grad is None and embeds.grad[0, :2].abs().sum() > 0 and (embeds.grad[0, 2] == 0).all()
+    assert words_loss(embeds, norm, matrix, torch.zeros_like(target)) is None  # no shape: no loss
