@@ -150,6 +150,8 @@ def test_an_llm_batch_labels_every_image_row_for_the_word_objective():
         expected = torch.tensor([*place, len(PLACES)])[owner]
         assert torch.equal(batch.patch_labels["place"][row], expected)
     assert collate([image], tok, spec, np.random.default_rng(0), backends=False).patch_labels is None
+    no_images = collate([text], tok, spec, np.random.default_rng(0), backends=False, words=2)
+    assert all(v.shape == (0, spec.num_patches, 4) for v in no_images.patch_labels.values())
 
 
 def test_the_word_objective_asks_each_shape_patch_for_its_words():

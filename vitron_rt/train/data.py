@@ -20,6 +20,8 @@ prepares them at serving time.
 
     perception (no text) ─► the image (a video: one frame) and, per cell of each patch,
                             the colour, kind and place of the shape that covers it (`cell_owners`)
+    words (`collate(words=c)`) ─► the same per-cell labels for every image row of an LLM
+                            batch (a video's sampled frames), for the projector's word objective
 
 Every random choice (which video frame, which prompt mask) comes from a numpy Generator
 the caller seeds, so a batch is a pure function of (samples, seed).
@@ -530,4 +532,8 @@ def cell_fields(
     """`frame_fields` of M frames -> per field of `names`, the label of each cell's owner
     (`cell_owners`): (M, grid*grid, cells*cells) int64."""
     owners = [cell_owners(masks, grid, cells) for masks, _ in shown]
-    return {name: torch.from_numpy(np.stack([f[name][o] for (_, f), o in zip(shown, owners)])) for name in names}
+    empty = np.zeros((0, grid * grid, cells * cells), np.int64)  # a batch without images
+    return {
+        name: torch.from_numpy(np.stack([f[name][o] for (_, f), o in zip(shown, owners)]) if shown else empty)
+        for name in names
+    }

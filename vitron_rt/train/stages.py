@@ -11,10 +11,13 @@
                                                                                        +previous mask); denoising
                                                                                        conditioned on codes
     invocation   text-to-image requests (no image)    LLM                              LLM (reply text + <sig_k>)
-    alignment    ALIGNMENT_MIX: captions              projector, LLM                   LLM (caption tokens)
+    alignment    ALIGNMENT_MIX: captions              projector, LLM                   LLM (caption tokens) + the
+                                                                                       projector's words (what each
+                                                                                       patch shows, `perception`)
     instruction  INSTRUCTION_MIX: every task, image   projector, region, LLM,          LLM (reply text + <sig_k>) +
-                 questions with follow-up turns       signal projectors                alignment of the projected signal
-                                                                                       to the target's code
+                 questions with follow-up turns       signal projectors                words + alignment of the
+                                                                                       projected signal to the
+                                                                                       target's code
     pixel        PIXEL_MIX + the understanding tasks  LLM, signal projectors,          LLM + alignment of the projected
                                                       SAM decoder, UNet (lr x0.1)      signal to the target's code +
                                                                                        mask and denoising losses
