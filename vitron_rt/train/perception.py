@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitron_rt.models.tokenizer import PreparedTokenizer
 from vitron_rt.models.vision import VisionEncoder
 from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 
@@ -130,7 +131,9 @@ def cell_accuracy(head: PatchHead, features: torch.Tensor, labels: dict[str, tor
 # --------------------------------------------------------------------------- the projector's words
 
 
-def word_ids(tokenizer, names: tuple[str, ...] = ("colour", "kind", "place")) -> dict[str, list[list[int]]]:
+def word_ids(
+    tokenizer: PreparedTokenizer, names: tuple[str, ...] = ("colour", "kind", "place")
+) -> dict[str, list[list[int]]]:
     """Per field, per class, the token ids of its word(s) as a reply writes them (" red",
     " triangle", " top left"): what the word objective asks a patch to look like."""
     classes = {"colour": tuple(COLOURS), "kind": KINDS, "place": PLACES}
