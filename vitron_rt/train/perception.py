@@ -47,8 +47,10 @@ CELLS = 2  # cells per patch side: 8 x 8 pixel cells on the mini's 16-pixel patc
 # Weight of a background cell in the loss against a shape's cell: without it the loss is
 # mostly the easy background (measured, 400 steps: kind right on 36 % of shape cells).
 BACKGROUND_WEIGHT = 0.1
+# The classes of each field, in label order (the words a reply writes for them).
+FIELD_CLASSES: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "kind": KINDS, "place": PLACES}
 # Classes of each field; the background label of a field is its number of classes.
-FIELDS: dict[str, int] = {"colour": len(COLOURS), "kind": len(KINDS), "place": len(PLACES)}
+FIELDS: dict[str, int] = {f: len(classes) for f, classes in FIELD_CLASSES.items()}
 
 
 def sincos_positions(grid: int, width: int) -> torch.Tensor:
@@ -131,14 +133,11 @@ def cell_accuracy(head: PatchHead, features: torch.Tensor, labels: dict[str, tor
 # --------------------------------------------------------------------------- the projector's words
 
 
-def word_ids(
-    tokenizer: PreparedTokenizer, names: tuple[str, ...] = ("colour", "kind", "place")
-) -> dict[str, list[list[int]]]:
-    """Per field, per class, the token ids of its word(s) as a reply writes them (" red",
-    " triangle", " top left"): what the word objective asks a patch to look like."""
-    classes = {"colour": tuple(COLOURS), "kind": KINDS, "place": PLACES}
+def word_ids(tokenizer: PreparedTokenizer, names: tuple[str, ...] = tuple(FIELDS)) -> dict[str, list[list[int]]]:
+    """Per field, per class (`FIELD_CLASSES`), the token ids of its word(s) as a reply writes
+    them (" red", " triangle", " top left"): what the word objective asks a patch to look like."""
     enc = tokenizer.tokenizer.encode
-    return {f: [enc(" " + word, add_special_tokens=False).ids for word in classes[f]] for f in names}
+    return {f: [enc(" " + word, add_special_tokens=False).ids for word in FIELD_CLASSES[f]] for f in names}
 
 
 def word_targets(labels: dict[str, torch.Tensor], words: dict[str, list[list[int]]], vocab: int) -> torch.Tensor:
