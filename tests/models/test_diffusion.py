@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from vitron_rt.models.config import preset
+from vitron_rt.models.config import PREDICTION_TYPES, UNetConfig, preset
 from vitron_rt.models.diffusion import (
+    Layout,
     UNet,
     VaeDecoder,
     VaeEncoder,
@@ -20,12 +22,19 @@ from vitron_rt.models.diffusion import (
 from vitron_rt.models.weights import CheckpointError
 
 TINY = preset("tiny")
+PLAIN = dataclasses.replace(TINY.unet, layout_channels=0)  # a diffusers UNet as it is, as SD's
 
 
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)
     return UNet(TINY.unet)
+
+
+@pytest.fixture(scope="module")
+def plain_unet():
+    torch.manual_seed(0)
+    return UNet(PLAIN)
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +68,70 @@ def test_unet_shapes(unet, batch, dims):
     assert _run(unet, inputs).shape == (batch, TINY.unet.out_channels, h, w)
 
 
-def test_unet_equals_diffusers(unet):
-    inputs = unet.dummy_inputs(batch=2)
+def test_unet_equals_diffusers(plain_unet):
+    inputs = plain_unet.dummy_inputs(batch=2)
     with torch.no_grad():
-        ref = unet.unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+        ref = plain_unet.unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+    torch.testing.assert_close(_run(plain_unet, inputs), ref, rtol=0, atol=0)
+
+
+def test_a_layout_unet_is_diffusers_on_the_latents_and_their_layout(unet):
+    inputs = unet.dummy_inputs(batch=2)
+    x, c = inputs["sample"], inputs["encoder_hidden_states"]
+    with torch.no_grad():
+        layout = unet.layout(c, *x.shape[-2:])
+        ref = unet.unet(torch.cat([x, layout], 1), inputs["timestep"], c).sample
+    assert layout.shape == (2, TINY.unet.layout_channels, *x.shape[-2:])
+    assert unet.unet.config.in_channels == TINY.unet.in_channels + TINY.unet.layout_channels
     torch.testing.assert_close(_run(unet, inputs), ref, rtol=0, atol=0)
 
 
-def test_unet_from_diffusers_wraps_without_copy(unet):
-    wrapped = UNet.from_diffusers(unet.unet, context_length=TINY.unet.context_length)
-    assert wrapped.unet is unet.unet
-    assert wrapped.config == TINY.unet  # the config round-trips through diffusers' own
-    assert unet_config_from_diffusers(unet.unet).context_length == 77  # CLIP's, by default
+def test_the_layout_puts_each_tokens_what_where_it_points():
+    torch.manual_seed(0)
+    layout = Layout(width=4, side=4, channels=3)
+    with torch.no_grad():
+        layout.where.weight.zero_()
+        layout.where.weight[5, 0] = 50.0  # input feature 0 -> grid cell 5 = (row 1, col 1)
+        layout.where.weight[14, 1] = 50.0  # feature 1 -> cell 14 = (3, 2)
+        layout.what.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 0]]))
+        layout.what.bias.zero_()
+        tokens = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0]]])  # (1, 2, 4): two tokens
+        out = layout(tokens, 4, 4)[0]  # (3, 4, 4)
+        scale = 16 / Layout.SPREAD
+        assert out[0, 1, 1] == pytest.approx(scale, rel=1e-4) and out[1, 3, 2] == pytest.approx(scale, rel=1e-4)
+        assert out[0].sum() == pytest.approx(scale, rel=1e-4) and out[1].sum() == pytest.approx(scale, rel=1e-4)
+        assert out[2].abs().max() == 0
+        bigger = layout(tokens, 8, 8)[0]  # resampled: the peak stays in the same quarter of the grid
+        assert divmod(int(bigger[0].argmax()), 8)[0] in (2, 3) and divmod(int(bigger[0].argmax()), 8)[1] in (2, 3)
+
+
+def test_a_fresh_layout_spreads_every_token_evenly():
+    layout = Layout(width=8, side=4, channels=2)
+    where = layout.where(torch.randn(1, 3, 8)).softmax(-1)
+    torch.testing.assert_close(where, torch.full_like(where, 1 / 16))
+
+
+def test_unet_config_checks_layout_and_prediction_type():
+    assert PREDICTION_TYPES == ("epsilon", "v_prediction", "sample")
+    with pytest.raises(ValueError, match="prediction_type 'x0'"):
+        UNetConfig(prediction_type="x0")
+    with pytest.raises(ValueError, match="layout_channels"):
+        UNetConfig(layout_channels=-1)
+    assert "layout_channels" not in UNetConfig().to_diffusers()
+    assert UNetConfig(in_channels=4, layout_channels=6).to_diffusers()["in_channels"] == 10
+
+
+def test_runtime_and_models_name_the_same_prediction_types():
+    from vitron_rt.runtime.pipelines import scheduler
+
+    assert scheduler.PREDICTION_TYPES == PREDICTION_TYPES
+
+
+def test_unet_from_diffusers_wraps_without_copy(plain_unet):
+    wrapped = UNet.from_diffusers(plain_unet.unet, context_length=PLAIN.context_length)
+    assert wrapped.unet is plain_unet.unet
+    assert wrapped.config == PLAIN  # the config round-trips through diffusers' own
+    assert unet_config_from_diffusers(plain_unet.unet).context_length == 77  # CLIP's, by default
 
 
 def test_unet_dummy_inputs_reject_unknown_dims(unet):
@@ -126,13 +187,13 @@ def test_vae_encoder_other_sizes_and_bad_sizes(vae):
 
 
 @pytest.mark.parametrize("layout", ["model", "pipeline"])
-def test_load_unet_round_trip(unet, tmp_path, layout):
+def test_load_unet_round_trip(plain_unet, tmp_path, layout):
     folder = tmp_path if layout == "model" else tmp_path / "unet"
-    unet.unet.save_pretrained(folder)
-    loaded = load_unet(tmp_path, context_length=TINY.unet.context_length)
-    assert isinstance(loaded, UNet) and loaded.config == TINY.unet
-    inputs = unet.dummy_inputs(batch=2)
-    torch.testing.assert_close(_run(loaded, inputs), _run(unet, inputs), rtol=0, atol=0)
+    plain_unet.unet.save_pretrained(folder)
+    loaded = load_unet(tmp_path, context_length=PLAIN.context_length)
+    assert isinstance(loaded, UNet) and loaded.config == PLAIN
+    inputs = plain_unet.dummy_inputs(batch=2)
+    torch.testing.assert_close(_run(loaded, inputs), _run(plain_unet, inputs), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["model", "pipeline"])

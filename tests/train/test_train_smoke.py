@@ -128,3 +128,25 @@ def test_a_fixed_seed_gives_the_same_weights(trainer):
     assert all(torch.equal(a[k], b[k]) for k in a)
     untrained = VitronModel.from_config(CFG).state_dict()
     assert not torch.equal(a["unet.unet.conv_in.weight"], untrained["unet.unet.conv_in.weight"])
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_the_denoising_target_is_what_the_sampler_reads_back(kind):
+    """The training target of each prediction type, fed to the runtime's DDIM step as the
+    UNet's output, gives back the x0 that was noised."""
+    import numpy as np
+
+    from vitron_rt.runtime.pipelines.scheduler import DdimConfig, DDIMScheduler
+    from vitron_rt.train.forward import NoiseSchedule
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    t = torch.tensor([1, 500, 999])
+    schedule = NoiseSchedule()
+    xt, target = schedule.add_noise(x0, noise, t), schedule.target(kind, x0, noise, t)
+    sched = DDIMScheduler(DdimConfig(prediction_type=kind))
+    for i, step in enumerate(t.tolist()):
+        out = sched.step(target[i : i + 1].numpy(), step, xt[i : i + 1].numpy(), 20)
+        np.testing.assert_allclose(out.pred_original_sample, x0[i : i + 1].numpy(), atol=2e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown prediction_type"):
+        schedule.target("x0", x0, noise, t)

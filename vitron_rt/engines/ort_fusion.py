@@ -488,7 +488,13 @@ def _rewrite_attention(g: _Graph, a: _Attention) -> list[Any]:
 def fuse_attention(model: Any, report: FusionReport) -> None:
     """Pass 1 on `model` (an onnx ModelProto, changed in place)."""
     g = _Graph(model.graph)
-    softmaxes = [n for n in g.nodes if n.op_type == "Softmax"]
+    # A softmax whose probabilities reach no MatMul weighs nothing (a UNet layout's map over
+    # the grid): not attention, so not reported as attention left unfused.
+    softmaxes = [
+        n
+        for n in g.nodes
+        if n.op_type == "Softmax" and any(u.op_type == "MatMul" for u in g.consumers.get(n.output[0], []))
+    ]
     fused = 0
     for sm in softmaxes:
         try:

@@ -10,6 +10,14 @@ the diffusion modules (width = the UNet's cross_attention_dim). Latents cross th
 component boundary already scaled by the VAE's scaling_factor, as diffusers pipelines
 keep them, so the runtime never needs to know the factor. f, the VAE's downsampling,
 is 8 for SD (2 for the tiny preset's two-block VAE).
+
+A UNet with `layout_channels` (the mini preset's) first draws a layout from its
+conditioning tokens, GLIGEN's grounding learned from the tokens themselves: each token
+says where (a softmax over the latent grid) and what (a vector), and their sum over the
+tokens is concatenated to the latents. Cross-attention alone must learn where from the
+positions the convolutions' padding leaves; measured on ShapesWorld (UNet alone, 250 steps
+of text-to-image on true scene codes, x0 prediction), the shape landed in its named place
+82 % of the time with the layout and 29 % without.
 """
 
 from __future__ import annotations
@@ -114,8 +122,35 @@ def unet_config_from_diffusers(unet, context_length: int = 77) -> UNetConfig:
     )
 
 
+class Layout(nn.Module):
+    """Conditioning tokens (B, K, Cx) -> a layout map (B, channels, h, w): token k's
+    `what` (channels) spread over the softmax of its `where` logits over the side x side
+    grid, summed over k. The map is scaled so that a token whose softmax covers `SPREAD`
+    cells puts its `what` there at full size. A grid other than side x side is resampled
+    bilinearly. `where` starts at zero: every token spreads evenly until it learns a place."""
+
+    SPREAD = 16
+
+    def __init__(self, width: int, side: int, channels: int):
+        super().__init__()
+        self.side = side
+        self.where = nn.Linear(width, side * side)
+        self.what = nn.Linear(width, channels)
+        nn.init.zeros_(self.where.weight)
+        nn.init.zeros_(self.where.bias)
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        b, k, _ = tokens.shape
+        s = self.side
+        where = self.where(tokens).softmax(-1).reshape(b * k, 1, s, s) * (s * s / self.SPREAD)  # (B*K, 1, s, s)
+        where = nn.functional.interpolate(where, size=(height, width), mode="bilinear", align_corners=False)
+        where = where.reshape(b, k, height, width)
+        return torch.einsum("bkhw,bkc->bchw", where, self.what(tokens))  # (B, channels, h, w)
+
+
 class UNet(nn.Module):
-    """The denoiser: one scheduler step's noise prediction, conditioned by cross-attention.
+    """The denoiser: one scheduler step's prediction (`config.prediction_type`: noise,
+    v or x0), conditioned by cross-attention and, with `layout_channels`, a `Layout`.
 
     `UNet(config)` builds random weights (the caller seeds torch);
     `UNet.from_diffusers(unet)` wraps an existing UNet2DConditionModel without copying.
@@ -129,6 +164,8 @@ class UNet(nn.Module):
             unet = UNet2DConditionModel(**config.to_diffusers())
         self.config = config
         self.unet = unet.eval()
+        c = config
+        self.layout = Layout(c.cross_attention_dim, c.sample_size, c.layout_channels) if c.layout_channels else None
 
     @classmethod
     def from_diffusers(cls, unet, context_length: int = 77) -> "UNet":
@@ -139,14 +176,17 @@ class UNet(nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         """sample (B,Cin,h,w), timestep (B,) float32, encoder_hidden_states (B,L,Cx)
-        -> noise_pred (B,Cout,h,w)."""
+        -> noise_pred (B,Cout,h,w) (named for SD's epsilon, whatever `prediction_type` is)."""
+        if self.layout is not None:
+            h, w = sample.shape[-2:]
+            sample = torch.cat([sample, self.layout(encoder_hidden_states, h, w)], 1)  # (B, Cin+L, h, w)
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]  # (B, Cout, h, w)
 
     def dummy_inputs(self, batch: int = 1, **dims) -> dict[str, torch.Tensor]:
         """Seeded inputs; dims: `height`, `width` (latent pixels, default sample_size) and
         `seq_len` (default the config's context_length)."""
-        c = self.unet.config
-        side, seq = c.sample_size, self.config.context_length
+        c = self.config
+        side, seq = c.sample_size, c.context_length
         d = _dims(dims, {"height": side, "width": side, "seq_len": seq})
         p = _param(self.unet)
         g = torch.Generator().manual_seed(0)

@@ -155,6 +155,18 @@ class NoiseSchedule:
         a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
+    def target(self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What a UNet of `prediction_type` should output at (x_t = add_noise(x0, noise, t), t):
+        the noise, v = sqrt(a) noise - sqrt(1 - a) x0, or x0 itself ("sample")."""
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "sample":
+            return x0
+        if prediction_type == "v_prediction":
+            a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+            return a.sqrt() * noise - (1.0 - a).sqrt() * x0
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
 
 def denoise_loss(
     model: VitronModel,
@@ -166,7 +178,7 @@ def denoise_loss(
     draws: int = 2,
     uncond_probability: float = 0.1,
 ) -> torch.Tensor:
-    """Epsilon-prediction loss on the VAE latents of `images` (P, 3, Hv, Wv) in [-1, 1],
+    """The UNet's loss (on noise, v or x0: its config's `prediction_type`) on the VAE latents of `images` (P, 3, Hv, Wv) in [-1, 1],
     conditioned on `cond` (P, K, C); `draws` timesteps per image (the LLM's cost is paid
     once for all of them). The condition is zeroed with `uncond_probability`, the
     runtime's unconditional branch for classifier-free guidance. `weights` (P, 1, h, w)
@@ -180,8 +192,8 @@ def denoise_loss(
     t = torch.randint(0, schedule.num_train_timesteps, (n,), generator=generator)
     noise = torch.randn(z0.shape, generator=generator)
     keep = (torch.rand(n, generator=generator) >= uncond_probability).float().reshape(-1, 1, 1)
-    eps = model.unet(schedule.add_noise(z0, noise, t), t.float(), cond * keep)  # (P', C, h, w)
-    se = (eps - noise) ** 2 * weights
+    out = model.unet(schedule.add_noise(z0, noise, t), t.float(), cond * keep)  # (P', C, h, w)
+    se = (out - schedule.target(model.unet.config.prediction_type, z0, noise, t)) ** 2 * weights
     return se.sum() / (weights.sum() * z0.shape[1])
 
 

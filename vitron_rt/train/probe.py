@@ -37,7 +37,7 @@ import torch
 
 from vitron_rt.models.model import VitronModel
 from vitron_rt.runtime.pipelines.postprocess import from_vae_output
-from vitron_rt.runtime.pipelines.scheduler import DDIMScheduler
+from vitron_rt.runtime.pipelines.scheduler import DdimConfig, DDIMScheduler
 from vitron_rt.shapes.judge import ShapeJudge
 from vitron_rt.shapes.tasks import TASKS, Sample
 from vitron_rt.train import forward as fw
@@ -75,7 +75,7 @@ def held_out(trainer: Trainer, tasks: Sequence[str], n: int) -> list[Sample]:
 def run(trainer: Trainer, samples: Sequence[Sample], seed: int = 0) -> Outputs:
     """Teacher-forced replies, masks and DDIM generations of `trainer.model` on `samples`."""
     model, spec, judge = trainer.model.eval(), trainer.spec, ShapeJudge()
-    sched = DDIMScheduler()
+    sched = DDIMScheduler(DdimConfig(prediction_type=model.config.unet.prediction_type))
     out = Outputs()
     for start in range(0, len(samples), BATCH):
         chunk = list(samples[start : start + BATCH])
@@ -126,8 +126,8 @@ def _generate(model: VitronModel, sched: DDIMScheduler, cond: torch.Tensor, seed
         (1, cfg.in_channels, cfg.sample_size, cfg.sample_size), dtype=np.float32
     )
     for t in sched.timesteps(DDIM_STEPS).tolist():
-        eps = model.unet(torch.from_numpy(latents), torch.tensor([float(t)]), cond).numpy()  # (1, C, h, w)
-        latents = sched.step(eps, t, latents, DDIM_STEPS).prev_sample
+        pred = model.unet(torch.from_numpy(latents), torch.tensor([float(t)]), cond).numpy()  # (1, C, h, w)
+        latents = sched.step(pred, t, latents, DDIM_STEPS).prev_sample
     return from_vae_output(model.vae_decoder(torch.from_numpy(latents)).numpy())
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from _pipeline_helpers import signal, visible_and_hidden, with_failure
 
+from vitron_rt.bundle import BundleError
 from vitron_rt.engines import EngineError
 from vitron_rt.runtime.errors import VitronInputError
 from vitron_rt.runtime.media import load_image
@@ -85,6 +86,27 @@ def test_the_loop_matches_diffusers_driving_the_same_unet(bundle, runners, guida
             e = u + guidance * (e - u)
         x = ref.step(torch.from_numpy(e), t, x).prev_sample
     np.testing.assert_allclose(ours, x.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _with_prediction_type(manifest, kind):
+    import dataclasses
+
+    unet = manifest.components["unet"]
+    entry = dataclasses.replace(unet, attributes={**unet.attributes, "prediction_type": kind})
+    return dataclasses.replace(manifest, components={**manifest.components, "unet": entry})
+
+
+def test_the_bundle_says_what_its_unet_predicts_and_the_sampler_follows(bundle, runners):
+    assert bundle.component("unet").attributes["prediction_type"] == "epsilon"  # the tiny preset's
+    assert Denoiser(bundle.manifest, runners, FAST).scheduler.config.prediction_type == "epsilon"
+    x0 = Denoiser(_with_prediction_type(bundle.manifest, "sample"), runners, FAST)
+    assert x0.scheduler.config.prediction_type == "sample"
+    assert x0.scheduler.config.num_train_timesteps == FAST.scheduler.num_train_timesteps  # the rest kept
+    eps = Denoiser(bundle.manifest, runners, FAST)
+    cond, noise, steps = eps.conditioning(signal()), eps.noise(eps.latent_hw(), 0), eps.scheduler.timesteps(6)
+    assert not np.allclose(x0.run(noise, cond, steps, Clock()), eps.run(noise, cond, steps, Clock()))
+    with pytest.raises(BundleError, match="prediction_type 'x0'"):
+        Denoiser(_with_prediction_type(bundle.manifest, "x0"), runners, FAST)
 
 
 def test_guidance_runs_one_unet_call_of_batch_two_per_step(bundle, runners, tmp_path):

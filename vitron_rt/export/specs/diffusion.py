@@ -58,6 +58,10 @@ class UNetSpec(ExportSpec):
             batch=shape["batch"], height=shape["height"], width=shape["width"], seq_len=shape["context"]
         )
 
+    def attributes(self, module):
+        # What noise_pred holds, which the runtime's DDIM step must know.
+        return {"prediction_type": module.config.prediction_type}
+
 
 class _VaeSpec(ExportSpec):
     def _factor(self, module) -> int:

@@ -28,6 +28,7 @@ VAE's `downsample` attribute.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,7 @@ from vitron_rt.runtime.pipelines.base import (
     signal_batch,
 )
 from vitron_rt.runtime.pipelines.postprocess import composite, downsample_mask, from_vae_output, to_vae_input
-from vitron_rt.runtime.pipelines.scheduler import DdimConfig, DDIMScheduler
+from vitron_rt.runtime.pipelines.scheduler import PREDICTION_TYPES, DdimConfig, DDIMScheduler
 from vitron_rt.runtime.pipelines.segmentation import SEG_DECODER, SEG_ENCODER, Segmenter, SegmentOptions
 
 UNET = "unet"
@@ -106,7 +107,7 @@ class Denoiser:
     def __init__(self, manifest: Manifest, runners: Mapping[str, Runner], options: DiffusionOptions):
         self.unet = component_runner(runners, UNET, UNET_INPUTS, UNET_OUTPUTS)
         self.options = options
-        self.scheduler = DDIMScheduler(options.scheduler)
+        self.scheduler = DDIMScheduler(_bundle_scheduler(manifest, options.scheduler))
         sample = next(t for t in self.unet.input_specs if t.name == "sample")
         channels = sample.shape[1]
         if not isinstance(channels, int):
@@ -176,6 +177,20 @@ class Denoiser:
                 level = sched.add_noise(known, noise, timesteps[i + 1]) if i + 1 < len(timesteps) else known
                 latents = mask * latents + (1.0 - mask) * level  # (1, C, h, w)
         return latents
+
+
+def _bundle_scheduler(manifest: Manifest, config: DdimConfig) -> DdimConfig:
+    """`config` with the prediction type the bundle's UNet was trained for, where the
+    manifest records one (`unet` attribute "prediction_type"); a bundle without it keeps
+    the config's (SD-1.x's epsilon by default). What the UNet outputs is a fact of its
+    weights, so the bundle's word wins over the options'."""
+    entry = manifest.components.get(UNET)
+    kind = entry.attributes.get("prediction_type") if entry is not None else None
+    if kind is None or kind == config.prediction_type:
+        return config
+    if kind not in PREDICTION_TYPES:
+        raise BundleError(f"{UNET}: prediction_type {kind!r} in the manifest; known: {', '.join(PREDICTION_TYPES)}")
+    return dataclasses.replace(config, prediction_type=kind)
 
 
 def _latent_range(manifest: Manifest, shape: tuple[int | str, ...]) -> tuple[int, int, int]:
