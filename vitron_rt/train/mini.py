@@ -64,7 +64,7 @@ STEPS: dict[str, int] = {
     "autoencoder": 850,
     "perception": 1000,
     "seg_perception": 270,
-    "backends": 215,
+    "backends": 260,
     "invocation": 300,
     "alignment": 230,
     "instruction": 520,
