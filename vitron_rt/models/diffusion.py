@@ -16,8 +16,8 @@ conditioning tokens, GLIGEN's grounding learned from the tokens themselves: each
 says where (a softmax over the latent grid) and what (a vector), and their sum over the
 tokens is concatenated to the latents. Cross-attention alone must learn where from the
 positions the convolutions' padding leaves; measured on ShapesWorld (UNet alone, 250 steps
-of text-to-image on true scene codes, x0 prediction), the shape landed in its named place
-82 % of the time with the layout and 29 % without.
+of text-to-image on true scene codes, x0 prediction), a shape of the asked colour stood in
+the asked place 82 % of the time with the layout and 29 % without.
 """
 
 from __future__ import annotations
@@ -144,8 +144,10 @@ class Layout(nn.Module):
         s = self.side
         where = self.where(tokens).softmax(-1).reshape(b * k, 1, s, s) * (s * s / self.SPREAD)  # (B*K, 1, s, s)
         where = nn.functional.interpolate(where, size=(height, width), mode="bilinear", align_corners=False)
-        where = where.reshape(b, k, height, width)
-        return torch.einsum("bkhw,bkc->bchw", where, self.what(tokens))  # (B, channels, h, w)
+        where = where.reshape(b, k, height * width)
+        # A batched MatMul (not an einsum: every engine runs that well).
+        out = torch.matmul(self.what(tokens).transpose(1, 2), where)  # (B, channels, h*w)
+        return out.reshape(b, -1, height, width)
 
 
 class UNet(nn.Module):

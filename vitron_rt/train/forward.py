@@ -178,11 +178,12 @@ def denoise_loss(
     draws: int = 2,
     uncond_probability: float = 0.1,
 ) -> torch.Tensor:
-    """The UNet's loss (on noise, v or x0: its config's `prediction_type`) on the VAE latents of `images` (P, 3, Hv, Wv) in [-1, 1],
-    conditioned on `cond` (P, K, C); `draws` timesteps per image (the LLM's cost is paid
-    once for all of them). The condition is zeroed with `uncond_probability`, the
-    runtime's unconditional branch for classifier-free guidance. `weights` (P, 1, h, w)
-    weight the squared error per latent cell. The VAE is not trained here."""
+    """The UNet's loss (on noise, v or x0: its config's `prediction_type`) on the VAE
+    latents of `images` (P, 3, Hv, Wv) in [-1, 1], conditioned on `cond` (P, K, C);
+    `draws` timesteps per image (the LLM's cost is paid once for all of them). The
+    condition is zeroed with `uncond_probability`, the runtime's unconditional branch for
+    classifier-free guidance. `weights` (P, 1, h, w) weight the squared error per latent
+    cell. The VAE is not trained here."""
     with torch.no_grad():
         z0 = model.vae_encoder(images)  # (P, C, h, w), scaled latents
     z0 = z0.repeat(draws, 1, 1, 1)
