@@ -44,17 +44,18 @@ from vitron_rt.train.stages import STAGES, Stage
 # SHARES); then trimmed by measured full runs on 2 threads of an otherwise idle machine.
 # The run that wrote the shipped weights (stage seconds include building the batches):
 #   stage           batch  steps  measured s   note
-#   autoencoder         4    850       261     80 at batch 16 before: the VAE lost shapes
-#   perception         24   1000       180     vision tower head
-#   seg_perception     24    270       108     SAM encoder head
-#   backends           16    215       312
-#   invocation         16    300        95     text-only requests: the LLM learns to copy
-#   alignment          16    230       164     vision tower frozen from here on; + words
-#   instruction        16    520       406     LLM loss + words + signal alignment, 3 follow-ups
-#   pixel               8    250       157
-# 28.2 minutes in all, tokenizer and saving included (the 30 allowed), with ~85 s of test
-# runs beside the first two stages (the previous shipped run, same steps without the word
-# objective: 199 and 153 s for them, 28.0 min). Its recipe with autoencoder 1000,
+#   autoencoder         4    850       196     80 at batch 16 before: the VAE lost shapes
+#   perception         24   1000       127     vision tower head
+#   seg_perception     24    270        90     SAM encoder head
+#   backends           16    260       342     text to image weighs 3 in its mix
+#   invocation         16    300        84     text-only requests: the LLM learns to copy
+#   alignment          16    230       142     vision tower frozen from here on; + words
+#   instruction        16    520       348     LLM loss + words + signal alignment, 3 follow-ups
+#   pixel               8    250       150
+# 24.8 minutes in all, tokenizer and saving included (the 30 allowed), on an idle machine.
+# The shipped run before it (backends 215 at weight 1, the same other steps) took 28.2
+# with ~85 s of test runs beside its first two stages (autoencoder 261 s, perception 180;
+# without the word objective, 199 and 153 s, 28.0 min). A recipe with autoencoder 1000,
 # seg_perception 300, backends 240 and alignment 240 took 31.1 minutes the same day (the
 # shipped run before it, autoencoder 80 at batch 16, took 27.7 a week before). A run with
 # seg_perception 500, backends 250, alignment 340 and pixel 380 (no invocation) took 32.4
