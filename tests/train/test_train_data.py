@@ -158,7 +158,7 @@ def test_stage_batches_are_reproducible_disjoint_and_bucketed(tok):
 
 def test_follow_up_turns_are_labelled_answers_after_unlabelled_questions(tok, spec):
     s = GEN.with_follow_ups(GEN.sample("qa_colour", 0), 3, 0)
-    single = encode_sample(dataclasses.replace(s, turns=()), tok, spec)
+    single = encode_sample(dataclasses.replace(s, turns=(), turn_shapes=()), tok, spec)
     enc = encode_sample(s, tok, spec)
     assert enc.prompt_len == single.prompt_len and enc.ids[: len(single.ids)] == single.ids
     assert enc.labels[: len(single.labels)] == single.labels
@@ -182,8 +182,8 @@ def test_a_stage_with_follow_ups_adds_them_to_image_understanding_only(tok):
     multi = plain.replace(follow_ups=2)
     for step in range(3):
         for a, b in zip(trainer.samples(plain, step), trainer.samples(multi, step)):
-            assert dataclasses.replace(b, turns=()) == a
+            assert dataclasses.replace(b, turns=(), turn_shapes=()) == a
             asks = a.module == "understand" and a.media == "image" and a.region is None
-            assert len(b.turns) == (2 if asks else 0)
+            assert len(b.turns) == (2 if asks else 0) and len(b.turn_shapes) == len(b.turns)
     with pytest.raises(ValueError, match="follow_ups"):
         plain.replace(follow_ups=-1)

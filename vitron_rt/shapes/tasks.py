@@ -76,6 +76,9 @@ class Sample:
     # Further (prompt, answer) exchanges about the same input, after the reply (training
     # only: `TaskGenerator.with_follow_ups`).
     turns: tuple[tuple[str, str], ...] = ()
+    # The shape each turn asks about (its index in `scene`, or None), as `shape` is the
+    # reply's: empty, or one per turn.
+    turn_shapes: tuple[int | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.media not in MEDIA:
@@ -84,6 +87,8 @@ class Sample:
             raise ValueError(f"a sample with {self.media} input needs its scene")
         if self.shape is not None and (self.scene is None or not 0 <= self.shape < len(self.scene)):
             raise ValueError(f"shape index {self.shape} is not a shape of the scene")
+        if self.turn_shapes and len(self.turn_shapes) != len(self.turns):
+            raise ValueError(f"{len(self.turn_shapes)} turn shapes for {len(self.turns)} turns")
 
     @cached_property
     def _input(self) -> Render | VideoRender | None:
@@ -647,7 +652,7 @@ class TaskGenerator:
         if n < 1 or sample.module != "understand" or sample.media != "image" or sample.region is not None:
             return sample
         rng = self.rng("follow_up", index)
-        asked, turns = {_question(sample)}, []
+        asked, turns, shapes = {_question(sample)}, [], []
         for _ in range(self.max_tries * n):
             if len(turns) == n:
                 break
@@ -656,4 +661,5 @@ class TaskGenerator:
             if out is not None and _question(out) not in asked:
                 asked.add(_question(out))
                 turns.append((out.prompt, out.answer))
-        return dataclasses.replace(sample, turns=tuple(turns))
+                shapes.append(out.shape)
+        return dataclasses.replace(sample, turns=tuple(turns), turn_shapes=tuple(shapes))

@@ -117,6 +117,9 @@ class Encoded:
     ids: list[int]
     labels: list[int]
     prompt_len: int  # ids before the reply (the runtime's prefill)
+    # Per reply (the sample's, then each turn's): the position whose logits predict its
+    # first token, the last of the question.
+    queries: tuple[int, ...] = ()
 
 
 def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) -> Encoded:
@@ -127,18 +130,20 @@ def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) 
     for t in prompt:
         wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
     # The reply, then each follow-up turn's question (unlabelled) and reply.
-    ids, labels = list(wide), [IGNORE] * len(wide)
+    ids, labels, queries = list(wide), [IGNORE] * len(wide), []
     for user, answer in [(None, sample.answer), *sample.turns]:
         question = [] if user is None else tok.encode(render_follow_up(user), add_special_tokens=False).ids
         reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
-        ids += question + reply
+        ids += question
+        queries.append(len(ids) - 1)
+        ids += reply
         labels += [IGNORE] * len(question) + reply
     if any(t == spec.image_id or t == spec.region_id for t in ids[len(wide) :]):
         texts = [sample.answer, *(text for turn in sample.turns for text in turn)]
         raise ValueError(f"a {sample.task} sample's reply or follow-up holds an input placeholder: {texts!r}")
     if len(ids) > spec.max_positions:
         raise ValueError(f"a {sample.task} sample is {len(ids)} positions, more than {spec.max_positions}")
-    return Encoded(ids=ids, labels=labels, prompt_len=len(wide))
+    return Encoded(ids=ids, labels=labels, prompt_len=len(wide), queries=tuple(queries))
 
 
 # --------------------------------------------------------------------------- back-end items
@@ -243,6 +248,13 @@ class Batch:
     # What each cell of each image row shows ("colour", "kind", "place" -> (M, N, c*c) int64,
     # `cell_fields`), for the projector's word objective; None unless `collate(words=c)`.
     patch_labels: dict[str, torch.Tensor] | None = None
+    # Grounding (`collate(ground=True)`, `vitron_rt.train.grounding`): per question about one
+    # shape of an image, its row, the position that predicts the answer, and where it
+    # should look: (G, T) over the sequence, each patch of the image weighted by how much
+    # of it the shape covers (summing to 1). None unless asked for.
+    ground_rows: torch.Tensor | None = None  # (G,) int64
+    ground_queries: torch.Tensor | None = None  # (G,) int64
+    ground_targets: torch.Tensor | None = None  # (G, T) float
 
     @property
     def size(self) -> int:
@@ -322,12 +334,14 @@ def collate(
     rng: np.random.Generator,
     backends: bool = True,
     words: int = 0,
+    ground: bool = False,
 ) -> Batch:
     """The batch of `samples` (see the module docstring). `backends=False` leaves the
     back-end items out (empty seg_* / diff_* tensors): a stage with the LLM loss alone
     never reads them, and building them (targets rendered, SAM and VAE inputs prepared)
     took three quarters of an instruction batch's 0.10 s. `words=c` also labels the
-    c x c cells of every image row's patches (`Batch.patch_labels`)."""
+    c x c cells of every image row's patches (`Batch.patch_labels`); `ground=True` adds
+    where each question about one shape of an image should look (`Batch.ground_*`)."""
     encoded = [encode_sample(s, tokenizer, spec) for s in samples]
     length = max(len(e.ids) for e in encoded)
     b = len(samples)
@@ -340,6 +354,7 @@ def collate(
     region_boxes, region_image = [], []
     seg_items: list[SegItem] = []
     diff_items: list[DiffItem] = []
+    grounded: list[tuple[int, int, list[int], np.ndarray]] = []  # row, query, image positions, patch weights
     for i, (sample, enc) in enumerate(zip(samples, encoded)):
         n = len(enc.ids)
         ids[i, :n] = torch.tensor(enc.ids)
@@ -363,6 +378,8 @@ def collate(
         if sample.region is not None:
             region_boxes.append(sample.region)
             region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
+        if ground:
+            grounded += _grounding(sample, enc, spec, i)
         if backends:
             seg, diff = backend_items(sample, i, rng)
             seg_items += seg
@@ -370,6 +387,9 @@ def collate(
     s = spec.vision.image_size
     pixels = preprocess_images(images, spec.vision) if images else np.zeros((0, 3, s, s), np.float32)
     boxes = torch.tensor(region_boxes, dtype=torch.float32).reshape(-1, 4)
+    targets = torch.zeros(len(grounded), length)
+    for g, (_, _, where, weights) in enumerate(grounded):
+        targets[g, where] = torch.from_numpy(weights)
     return Batch(
         tasks=tuple(s.task for s in samples),
         modules=tuple(s.module for s in samples),
@@ -388,7 +408,37 @@ def collate(
         **_seg_tensors(seg_items, spec),
         **_diff_tensors(diff_items, spec),
         patch_labels=cell_fields(shown, math.isqrt(spec.num_patches), words, FIELD_NAMES) if words else None,
+        ground_rows=torch.tensor([g[0] for g in grounded], dtype=torch.int64) if ground else None,
+        ground_queries=torch.tensor([g[1] for g in grounded], dtype=torch.int64) if ground else None,
+        ground_targets=targets if ground else None,
     )
+
+
+def _grounding(sample: Sample, enc: Encoded, spec: DataSpec, row: int) -> list[tuple[int, int, list[int], np.ndarray]]:
+    """A sample's grounded queries, each with the image's positions in the sequence and the
+    share of the shape on each patch. On an image input: a question about one shape, from
+    the position that predicts its answer; a segmentation or edit of one shape, from each
+    signal token (whose state the back end reads)."""
+    if sample.media != "image":
+        return []
+    if sample.module == "understand":
+        asked = zip(enc.queries, (sample.shape, *(sample.turn_shapes or (None,) * len(sample.turns))))
+    elif sample.module in ("segment_image", "edit_image"):
+        asked = ((enc.ids.index(sid, enc.prompt_len), sample.shape) for sid in spec.signal_ids)
+    else:
+        return []
+    where = [p for p, t in enumerate(enc.ids) if t == spec.image_id]
+    grid = math.isqrt(spec.num_patches)
+    out = []
+    for query, shape in asked:
+        if shape is None:
+            continue
+        mask = sample.shape_masks[shape]  # (H, W) visible
+        h, w = mask.shape
+        cover = mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3), dtype=np.float32).reshape(-1)  # (N,)
+        if cover.sum() > 0:
+            out.append((row, query, where, cover / cover.sum()))
+    return out
 
 
 # --------------------------------------------------------------------------- back ends alone

@@ -75,6 +75,7 @@ LOSSES = (
     "code_denoise",
     "lm",
     "words",
+    "ground",
     "align",
     "mask",
     "denoise",
@@ -113,6 +114,10 @@ class Stage:
     # Follow-up questions added to each image-understanding sample without a region
     # (`TaskGenerator.with_follow_ups`): more answers taught per image forward.
     follow_ups: int = 0
+    # The `ground` loss's head: which head of which LLM layer learns to look at the shape a
+    # question is about (`vitron_rt.train.grounding`).
+    ground_layer: int = 2
+    ground_head: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

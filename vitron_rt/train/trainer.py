@@ -19,7 +19,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from vitron_rt.train.data import (
     collate,
     perception_batch,
 )
+from vitron_rt.train.grounding import capture_attention_input, grounding_loss, head_attention
 from vitron_rt.train.perception import (
     PatchHead,
     PerceptionHeads,
@@ -175,7 +176,10 @@ class Trainer:
         if stage.kind in ("autoencoder", "backends"):
             return backend_batch(samples, self.spec, rng)
         words = self.patch_head.vision.cells if stage.loss_weights.get("words") else 0
-        return collate(samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel", words=words)
+        ground = bool(stage.loss_weights.get("ground"))
+        return collate(
+            samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel", words=words, ground=ground
+        )
 
     # ------------------------------------------------------------------ losses
 
@@ -211,10 +215,18 @@ class Trainer:
         with torch.set_grad_enabled(bool(trains & {"vision", "projector"}) and torch.is_grad_enabled()):
             features, embeds = fw.front_end(model, batch.pixel_values)
         x = fw.sequence_embeds(model, batch, self.spec, features, embeds)
-        logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
+        hf = model.llm_decoder.model
+        grounded = bool(w.get("ground")) and batch.ground_rows is not None and len(batch.ground_rows) > 0
+        with capture_attention_input(hf, stage.ground_layer) if grounded else nullcontext() as seen:
+            logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
         out = {"lm": fw.lm_loss(logits, batch.labels)}
+        if grounded:
+            attn = hf.model.layers[stage.ground_layer].self_attn
+            probs = head_attention(
+                attn, seen, stage.ground_head, batch.ground_rows, batch.ground_queries, batch.attention_mask
+            )
+            out["ground"] = grounding_loss(probs, batch.ground_targets)
         if w.get("words") and batch.patch_labels is not None:
-            hf = model.llm_decoder.model
             target = word_targets(batch.patch_labels, self.words, logits.shape[-1])
             words = words_loss(embeds, hf.model.norm, hf.lm_head.weight, target)
             if words is not None:

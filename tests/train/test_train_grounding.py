@@ -1,0 +1,98 @@
+"""Grounding: the targets point at the asked shape's patches from the position that
+predicts the answer, and the head's attention is the decoder's own."""
+
+import numpy as np
+import pytest
+import torch
+
+from vitron_rt.models.config import preset
+from vitron_rt.models.model import VitronModel
+from vitron_rt.shapes import ShapesWorld
+from vitron_rt.shapes.tasks import TaskGenerator
+from vitron_rt.shapes.vocab import shapes_tokenizer
+from vitron_rt.train.data import IGNORE, DataSpec, collate
+from vitron_rt.train.grounding import capture_attention_input, grounding_loss, head_attention
+from vitron_rt.train.stages import STAGES
+from vitron_rt.train.trainer import Trainer
+
+CFG = preset("mini")
+GEN = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
+
+
+@pytest.fixture(scope="module")
+def spec(tok):
+    return DataSpec.build(CFG, tok)
+
+
+def test_targets_weigh_the_asked_shapes_patches_from_the_answers_query(tok, spec):
+    samples = [GEN.with_follow_ups(GEN.sample(task, i), 3, i) for task in ("qa_colour", "qa_place") for i in range(6)]
+    samples += [GEN.sample("video_direction", 0), GEN.sample("gen_image", 0), GEN.sample("seg_video", 0)]
+    samples += [GEN.sample("seg_image", 0), GEN.sample("edit_recolour", 0)]
+    batch = collate(samples, tok, spec, np.random.default_rng(0), backends=False, ground=True)
+    expected = [
+        (i, shape)
+        for i, s in enumerate(samples)
+        if s.module == "understand" and s.media == "image"
+        for shape in (s.shape, *s.turn_shapes)
+        if shape is not None
+    ]
+    signals = [(i, samples[i].shape) for i in (len(samples) - 2, len(samples) - 1) for _ in spec.signal_ids]
+    assert batch.ground_rows.tolist() == [i for i, _ in expected + signals]
+    grid = int(spec.num_patches**0.5)
+    for g, (i, shape) in enumerate(expected + signals):
+        q, target = int(batch.ground_queries[g]), batch.ground_targets[g]
+        if g < len(expected):  # a question: the query predicts the first answer token
+            assert batch.labels[i, q] == IGNORE and batch.labels[i, q + 1] != IGNORE
+        else:  # a back-end call: the query is a signal token
+            assert int(batch.input_ids[i, q]) == spec.signal_ids[(g - len(expected)) % len(spec.signal_ids)]
+        assert torch.isclose(target.sum(), torch.tensor(1.0))
+        where = (batch.input_ids[i] == spec.image_id).nonzero()[:, 0]
+        assert target[where].sum() > 0.999 and (target[:q] > 0).sum() == (target > 0).sum()
+        mask = samples[i].shape_masks[shape]  # (H, W)
+        h = mask.shape[0] // grid
+        cover = mask.reshape(grid, h, grid, h).mean(axis=(1, 3)).reshape(-1)
+        np.testing.assert_allclose(target[where].numpy(), cover / cover.sum(), rtol=1e-5)
+    plain = collate(samples, tok, spec, np.random.default_rng(0), backends=False)
+    assert plain.ground_rows is None and torch.equal(plain.input_ids, batch.input_ids)
+
+
+def test_head_attention_is_the_decoders_own():
+    torch.manual_seed(0)
+    hf = VitronModel.from_config(CFG).llm_decoder.model
+    hf.config._attn_implementation = "eager"  # the only one that returns its probabilities
+    b, t = 3, 40
+    x = torch.randn(b, t, CFG.llm.hidden_size)
+    mask = torch.ones(b, t, dtype=torch.int64)
+    mask[1, 30:] = 0
+    with capture_attention_input(hf, 2) as seen:
+        out = hf.model(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=torch.arange(t).expand(b, t),
+            use_cache=False,
+            output_attentions=True,
+        )
+    rows, queries = torch.tensor([0, 1, 2, 1]), torch.tensor([10, 29, 39, 5])
+    for head in (0, 3, 7):  # heads of both key-value groups
+        probs = head_attention(hf.model.layers[2].self_attn, seen, head, rows, queries, mask)
+        torch.testing.assert_close(probs, out.attentions[2][rows, head, queries], rtol=1e-5, atol=1e-6)
+        assert (probs[torch.arange(4)[:, None], torch.arange(t)[None]] > 0).sum(1).tolist() == [11, 30, 40, 6]
+    target = torch.zeros(1, t)
+    target[0, :4] = 0.25
+    probs = torch.full((1, t), 1.0 / t)
+    assert torch.isclose(grounding_loss(probs, target), torch.log(torch.tensor(float(t))))
+
+
+def test_the_ground_loss_trains_its_head(tok):
+    trainer = Trainer(VitronModel.from_config(CFG), tok)
+    stage = STAGES["instruction"].replace(
+        mix={"qa_colour": 1.0, "qa_kind": 1.0}, loss_weights={"lm": 1.0, "ground": 1.0}, batch_size=4, lr=3e-3
+    )
+    log = trainer.run(stage, 6, fixed_batch=True)
+    ground = log.series("ground")
+    assert ground[-1] < ground[0] - 0.2
