@@ -8,6 +8,7 @@ import torch
 from vitron_rt.models.config import preset
 from vitron_rt.models.model import VitronModel
 from vitron_rt.shapes import ShapesWorld
+from vitron_rt.shapes.palette import KINDS
 from vitron_rt.shapes.tasks import TaskGenerator
 from vitron_rt.shapes.vocab import shapes_tokenizer
 from vitron_rt.train.data import IGNORE, DataSpec, collate
@@ -32,9 +33,9 @@ def spec(tok):
 def test_targets_weigh_the_asked_shapes_patches_from_the_answers_query(tok, spec):
     samples = [GEN.with_follow_ups(GEN.sample(task, i), 3, i) for task in ("qa_colour", "qa_place") for i in range(6)]
     samples += [GEN.sample("video_direction", 0), GEN.sample("gen_image", 0), GEN.sample("seg_video", 0)]
-    samples += [GEN.sample("seg_image", 0), GEN.sample("edit_recolour", 0)]
+    samples += [GEN.sample("region_what", 0), GEN.sample("seg_image", 0), GEN.sample("edit_recolour", 0)]
     batch = collate(samples, tok, spec, np.random.default_rng(0), backends=False, ground=True)
-    expected = [
+    answers = [
         (i, shape)
         for i, s in enumerate(samples)
         if s.module == "understand" and s.media == "image"
@@ -42,21 +43,44 @@ def test_targets_weigh_the_asked_shapes_patches_from_the_answers_query(tok, spec
         if shape is not None
     ]
     signals = [(i, samples[i].shape) for i in (len(samples) - 2, len(samples) - 1) for _ in spec.signal_ids]
-    assert batch.ground_rows.tolist() == [i for i, _ in expected + signals]
+    roles = batch.ground_roles
+    assert sorted(batch.ground_rows[roles == 0].tolist()) == sorted(i for i, _ in answers + signals)
     grid = int(spec.num_patches**0.5)
-    for g, (i, shape) in enumerate(expected + signals):
-        q, target = int(batch.ground_queries[g]), batch.ground_targets[g]
-        if g < len(expected):  # a question: the query predicts the first answer token
-            assert batch.labels[i, q] == IGNORE and batch.labels[i, q + 1] != IGNORE
-        else:  # a back-end call: the query is a signal token
-            assert int(batch.input_ids[i, q]) == spec.signal_ids[(g - len(expected)) % len(spec.signal_ids)]
-        assert torch.isclose(target.sum(), torch.tensor(1.0))
-        where = (batch.input_ids[i] == spec.image_id).nonzero()[:, 0]
-        assert target[where].sum() > 0.999 and (target[:q] > 0).sum() == (target > 0).sum()
-        mask = samples[i].shape_masks[shape]  # (H, W)
-        h = mask.shape[0] // grid
-        cover = mask.reshape(grid, h, grid, h).mean(axis=(1, 3)).reshape(-1)
-        np.testing.assert_allclose(target[where].numpy(), cover / cover.sum(), rtol=1e-5)
+    by_row: dict[int, list[int]] = {}
+    for g in range(len(batch.ground_rows)):
+        by_row.setdefault(int(batch.ground_rows[g]), []).append(g)
+    for i, items in by_row.items():
+        sample = samples[i]
+        shapes = [sample.shape, *sample.turn_shapes] if sample.module == "understand" else [sample.shape] * 4
+        answer_items = [g for g in items if roles[g] == 0]
+        assert len(answer_items) == sum(x is not None for x in shapes)
+        for g, shape in zip(answer_items, [x for x in shapes if x is not None]):
+            q, target = int(batch.ground_queries[g]), batch.ground_targets[g]
+            if sample.module == "understand":  # a question: the query predicts the first answer token
+                assert batch.labels[i, q] == IGNORE and batch.labels[i, q + 1] != IGNORE
+            else:  # a back-end call: the query is a signal token
+                assert int(batch.input_ids[i, q]) in spec.signal_ids
+            assert torch.isclose(target.sum(), torch.tensor(1.0))
+            where = (batch.input_ids[i] == spec.image_id).nonzero()[:, 0]
+            assert target[where].sum() > 0.999 and (target[:q] > 0).sum() == (target > 0).sum()
+            mask = sample.shape_masks[shape]  # (H, W)
+            h = mask.shape[0] // grid
+            cover = mask.reshape(grid, h, grid, h).mean(axis=(1, 3)).reshape(-1)
+            np.testing.assert_allclose(target[where].numpy(), cover / cover.sum(), rtol=1e-5)
+        # A question that names its shape in words is also grounded from the words' last
+        # token, with the same target as its answer; a region names it by the box instead.
+        refs = [g for g in items if roles[g] == 1]
+        if sample.task == "region_what" or sample.module != "understand":
+            assert not refs
+            continue
+        assert len(refs) >= 1
+        for g in refs:
+            q = int(batch.ground_queries[g])
+            word = tok.tokenizer.decode([int(batch.input_ids[i, q])]).strip()
+            matches = [a for a in answer_items if torch.equal(batch.ground_targets[a], batch.ground_targets[g])]
+            # Its answer follows within the question's few tokens.
+            assert any(0 < int(batch.ground_queries[a]) - q < 12 for a in matches)
+            assert word in {"shape", "left", "right", "top", "bottom", "center", *KINDS}
     plain = collate(samples, tok, spec, np.random.default_rng(0), backends=False)
     assert plain.ground_rows is None and torch.equal(plain.input_ids, batch.input_ids)
 

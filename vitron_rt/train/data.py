@@ -120,6 +120,9 @@ class Encoded:
     # Per reply (the sample's, then each turn's): the position whose logits predict its
     # first token, the last of the question.
     queries: tuple[int, ...] = ()
+    # Per reply: the text its question was encoded from and the position of its first token
+    # (the whole rendered prompt, from 0, for the sample's own question).
+    questions: tuple[tuple[str, int], ...] = ()
 
 
 def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) -> Encoded:
@@ -131,9 +134,12 @@ def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) 
         wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
     # The reply, then each follow-up turn's question (unlabelled) and reply.
     ids, labels, queries = list(wide), [IGNORE] * len(wide), []
+    questions = [(render_prompt(user_content(sample, spec.video_frames)), 0)]
     for user, answer in [(None, sample.answer), *sample.turns]:
         question = [] if user is None else tok.encode(render_follow_up(user), add_special_tokens=False).ids
         reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
+        if user is not None:
+            questions.append((render_follow_up(user), len(ids)))
         ids += question
         queries.append(len(ids) - 1)
         ids += reply
@@ -143,7 +149,7 @@ def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) 
         raise ValueError(f"a {sample.task} sample's reply or follow-up holds an input placeholder: {texts!r}")
     if len(ids) > spec.max_positions:
         raise ValueError(f"a {sample.task} sample is {len(ids)} positions, more than {spec.max_positions}")
-    return Encoded(ids=ids, labels=labels, prompt_len=len(wide), queries=tuple(queries))
+    return Encoded(ids=ids, labels=labels, prompt_len=len(wide), queries=tuple(queries), questions=tuple(questions))
 
 
 # --------------------------------------------------------------------------- back-end items
@@ -255,6 +261,9 @@ class Batch:
     ground_rows: torch.Tensor | None = None  # (G,) int64
     ground_queries: torch.Tensor | None = None  # (G,) int64
     ground_targets: torch.Tensor | None = None  # (G, T) float
+    # 0: the query predicts an answer or is a signal token; 1: it is the last token of the
+    # question's words for the shape ("the triangle", "the shape at the top left").
+    ground_roles: torch.Tensor | None = None  # (G,) int64
 
     @property
     def size(self) -> int:
@@ -354,7 +363,7 @@ def collate(
     region_boxes, region_image = [], []
     seg_items: list[SegItem] = []
     diff_items: list[DiffItem] = []
-    grounded: list[tuple[int, int, list[int], np.ndarray]] = []  # row, query, image positions, patch weights
+    grounded: list[tuple[int, int, list[int], np.ndarray, int]] = []  # row, query, image positions, weights, role
     for i, (sample, enc) in enumerate(zip(samples, encoded)):
         n = len(enc.ids)
         ids[i, :n] = torch.tensor(enc.ids)
@@ -379,7 +388,7 @@ def collate(
             region_boxes.append(sample.region)
             region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
         if ground:
-            grounded += _grounding(sample, enc, spec, i)
+            grounded += _grounding(sample, enc, spec, i, tokenizer)
         if backends:
             seg, diff = backend_items(sample, i, rng)
             seg_items += seg
@@ -388,7 +397,7 @@ def collate(
     pixels = preprocess_images(images, spec.vision) if images else np.zeros((0, 3, s, s), np.float32)
     boxes = torch.tensor(region_boxes, dtype=torch.float32).reshape(-1, 4)
     targets = torch.zeros(len(grounded), length)
-    for g, (_, _, where, weights) in enumerate(grounded):
+    for g, (_, _, where, weights, _) in enumerate(grounded):
         targets[g, where] = torch.from_numpy(weights)
     return Batch(
         tasks=tuple(s.task for s in samples),
@@ -411,34 +420,68 @@ def collate(
         ground_rows=torch.tensor([g[0] for g in grounded], dtype=torch.int64) if ground else None,
         ground_queries=torch.tensor([g[1] for g in grounded], dtype=torch.int64) if ground else None,
         ground_targets=targets if ground else None,
+        ground_roles=torch.tensor([g[4] for g in grounded], dtype=torch.int64) if ground else None,
     )
 
 
-def _grounding(sample: Sample, enc: Encoded, spec: DataSpec, row: int) -> list[tuple[int, int, list[int], np.ndarray]]:
-    """A sample's grounded queries, each with the image's positions in the sequence and the
-    share of the shape on each patch. On an image input: a question about one shape, from
-    the position that predicts its answer; a segmentation or edit of one shape, from each
-    signal token (whose state the back end reads)."""
+def _grounding(
+    sample: Sample, enc: Encoded, spec: DataSpec, row: int, tokenizer: PreparedTokenizer
+) -> list[tuple[int, int, list[int], np.ndarray, int]]:
+    """A sample's grounded queries, each with the image's positions in the sequence, the
+    share of the shape on each patch, and its role (`Batch.ground_roles`). On an image
+    input: a question about one shape, from the position that predicts its answer (role 0)
+    and from the last token of the words that name the shape in it (role 1); a
+    segmentation or edit of one shape, from each signal token (role 0), whose state the
+    back end reads."""
     if sample.media != "image":
         return []
     if sample.module == "understand":
-        asked = zip(enc.queries, (sample.shape, *(sample.turn_shapes or (None,) * len(sample.turns))))
+        shapes = (sample.shape, *(sample.turn_shapes or (None,) * len(sample.turns)))
+        asked = [(q, shape, 0) for q, shape in zip(enc.queries, shapes)]
+        for (text, start), shape in zip(enc.questions, shapes):
+            at = None if shape is None else _reference_end(text, start, sample, shape, enc, spec, tokenizer)
+            if at is not None:
+                asked.append((at, shape, 1))
     elif sample.module in ("segment_image", "edit_image"):
-        asked = ((enc.ids.index(sid, enc.prompt_len), sample.shape) for sid in spec.signal_ids)
+        asked = [(enc.ids.index(sid, enc.prompt_len), sample.shape, 0) for sid in spec.signal_ids]
     else:
         return []
     where = [p for p, t in enumerate(enc.ids) if t == spec.image_id]
     grid = math.isqrt(spec.num_patches)
     out = []
-    for query, shape in asked:
+    for query, shape, role in asked:
         if shape is None:
             continue
         mask = sample.shape_masks[shape]  # (H, W) visible
         h, w = mask.shape
         cover = mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3), dtype=np.float32).reshape(-1)  # (N,)
         if cover.sum() > 0:
-            out.append((row, query, where, cover / cover.sum()))
+            out.append((row, query, where, cover / cover.sum(), role))
     return out
+
+
+def _reference_end(
+    text: str, start: int, sample: Sample, shape: int, enc: Encoded, spec: DataSpec, tokenizer: PreparedTokenizer
+) -> int | None:
+    """The position in `enc.ids` of the last token of the longest referring expression for
+    `shape` (`templates.referring_expressions`) in a question's `text` (encoded from
+    position `start`), or None when the question names the shape otherwise (a region)."""
+    from vitron_rt.shapes.templates import referring_expressions
+
+    lower = text.lower()
+    found = [r for r in referring_expressions(sample.scene, shape) if r in lower]
+    if not found:
+        return None
+    ref = max(found, key=len)
+    end = lower.rindex(ref) + len(ref)
+    prefix = tokenizer.tokenizer.encode(text[:end], add_special_tokens=False).ids
+    at = start - 1
+    for t in prefix:
+        at += spec.num_patches if t == spec.image_id else 1
+    # The prefix must tokenize as the whole text does up to there (a word boundary).
+    if at >= len(enc.ids) or enc.ids[at] != prefix[-1]:
+        return None
+    return at
 
 
 # --------------------------------------------------------------------------- back ends alone

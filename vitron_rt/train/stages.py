@@ -108,16 +108,24 @@ class Stage:
     # Timesteps drawn per diffusion target: the rest of the step (the LLM, the VAE
     # encoder) is paid once for all of them.
     diffusion_draws: int = 2
+    # Min-SNR-gamma weighting of the denoising losses (`forward.NoiseSchedule.snr_weight`);
+    # None: every timestep's error counts alike.
+    snr_gamma: float | None = None
     # Video samples make a batch ~3x longer (256 image positions); batches are drawn
     # either all-video or video-free, video with this share of the mix's weight.
     bucket_by_media: bool = True
     # Follow-up questions added to each image-understanding sample without a region
     # (`TaskGenerator.with_follow_ups`): more answers taught per image forward.
     follow_ups: int = 0
-    # The `ground` loss's head: which head of which LLM layer learns to look at the shape a
-    # question is about (`vitron_rt.train.grounding`).
+    # The `ground` loss (`vitron_rt.train.grounding`): which LLM head learns to look at the
+    # shape a question is about, from the position that predicts the answer (and from each
+    # signal token of a segmentation or edit), and which from the last token of the words
+    # naming the shape; `ground_roles` picks which of the two (`data.Batch.ground_roles`).
     ground_layer: int = 2
     ground_head: int = 0
+    ground_ref_layer: int = 1
+    ground_ref_head: int = 0
+    ground_roles: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

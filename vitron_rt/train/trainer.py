@@ -19,7 +19,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,23 +209,33 @@ class Trainer:
             if w.get("code_denoise") and len(batch.diff_images):
                 cond = self.codes.diffusion(batch.diff_codes)  # (P, K, C)
                 out["code_denoise"] = fw.denoise_loss(
-                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
+                    model,
+                    self.schedule,
+                    batch.diff_images,
+                    cond,
+                    batch.diff_weights,
+                    generator,
+                    stage.diffusion_draws,
+                    snr_gamma=stage.snr_gamma,
                 )
             return out
         with torch.set_grad_enabled(bool(trains & {"vision", "projector"}) and torch.is_grad_enabled()):
             features, embeds = fw.front_end(model, batch.pixel_values)
         x = fw.sequence_embeds(model, batch, self.spec, features, embeds)
         hf = model.llm_decoder.model
-        grounded = bool(w.get("ground")) and batch.ground_rows is not None and len(batch.ground_rows) > 0
-        with capture_attention_input(hf, stage.ground_layer) if grounded else nullcontext() as seen:
+        heads = self._ground_heads(stage, batch) if w.get("ground") and batch.ground_rows is not None else []
+        with ExitStack() as stack:
+            seen = {layer: stack.enter_context(capture_attention_input(hf, layer)) for layer, _, _ in heads}
             logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
         out = {"lm": fw.lm_loss(logits, batch.labels)}
-        if grounded:
-            attn = hf.model.layers[stage.ground_layer].self_attn
-            probs = head_attention(
-                attn, seen, stage.ground_head, batch.ground_rows, batch.ground_queries, batch.attention_mask
-            )
-            out["ground"] = grounding_loss(probs, batch.ground_targets)
+        if heads:
+            losses = []
+            for layer, head, items in heads:
+                attn = hf.model.layers[layer].self_attn
+                rows, queries = batch.ground_rows[items], batch.ground_queries[items]
+                probs = head_attention(attn, seen[layer], head, rows, queries, batch.attention_mask)
+                losses.append(grounding_loss(probs, batch.ground_targets[items]) * len(items))
+            out["ground"] = sum(losses) / sum(len(items) for _, _, items in heads)
         if w.get("words") and batch.patch_labels is not None:
             target = word_targets(batch.patch_labels, self.words, logits.shape[-1])
             words = words_loss(embeds, hf.model.norm, hf.lm_head.weight, target)
@@ -251,10 +261,29 @@ class Trainer:
                 align.append(F.mse_loss(cond, target))
             if w.get("denoise"):
                 out["denoise"] = fw.denoise_loss(
-                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
+                    model,
+                    self.schedule,
+                    batch.diff_images,
+                    cond,
+                    batch.diff_weights,
+                    generator,
+                    stage.diffusion_draws,
+                    snr_gamma=stage.snr_gamma,
                 )
         if align:
             out["align"] = sum(align) / len(align)
+        return out
+
+    @staticmethod
+    def _ground_heads(stage: Stage, batch: Batch) -> list[tuple[int, int, torch.Tensor]]:
+        """(layer, head, indices of the grounded items it learns from) for each grounded role
+        of the stage that the batch has items of."""
+        out = []
+        roles = ((0, stage.ground_layer, stage.ground_head), (1, stage.ground_ref_layer, stage.ground_ref_head))
+        for role, layer, head in roles:
+            items = (batch.ground_roles == role).nonzero()[:, 0]
+            if role in stage.ground_roles and len(items):
+                out.append((layer, head, items))
         return out
 
     def _seg(self, batch: Batch | BackendBatch, prompt: torch.Tensor, trains: set[str]) -> torch.Tensor:
