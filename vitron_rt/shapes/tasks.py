@@ -593,7 +593,7 @@ class TaskGenerator:
         self,
         world: ShapesWorld,
         num_signal_tokens: int = 4,
-        gen_radius: tuple[float, float] = (14.0, 20.0),
+        gen_radius: tuple[float, float] = (22.0, 28.0),
         max_gen_shapes: int = 2,
         max_tries: int = 50,
     ):
