@@ -209,8 +209,13 @@ def test_follow_ups_ask_other_true_questions_about_the_same_image():
             s = GEN.sample(task, i)
             f = GEN.with_follow_ups(s, 3, i)
             assert f == GEN.with_follow_ups(s, 3, i)  # reproducible
-            assert dataclasses.replace(f, turns=()) == s  # the sample itself unchanged
-            assert len(f.turns) == 3
+            assert dataclasses.replace(f, turns=(), turn_shapes=()) == s  # the sample itself unchanged
+            assert len(f.turns) == 3 and len(f.turn_shapes) == 3
+            # A turn's shape is the one its question is about (None: a count or an existence question).
+            for (question, answer), shape in zip(f.turns, f.turn_shapes):
+                if shape is not None:
+                    sh = s.scene.shapes[shape]
+                    assert answer in (sh.colour, sh.kind, s.scene.place(shape))
             prompts = [s.prompt] + [q for q, _ in f.turns]
             assert len(set(prompts)) == len(prompts)
             colours = {sh.colour for sh in s.scene.shapes}

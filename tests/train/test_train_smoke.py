@@ -150,24 +150,3 @@ def test_the_denoising_target_is_what_the_sampler_reads_back(kind):
         np.testing.assert_allclose(out.pred_original_sample, x0[i : i + 1].numpy(), atol=2e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown prediction_type"):
         schedule.target("x0", x0, noise, t)
-
-
-@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
-def test_min_snr_weights_cap_each_timesteps_share_in_x0_terms(kind):
-    """Min-SNR-gamma: in x0 terms every timestep weighs min(SNR, gamma); the weights of a
-    prediction type are that over its own loss's SNR factor, scaled to a mean of 1."""
-    from vitron_rt.train.forward import NoiseSchedule
-
-    schedule = NoiseSchedule()
-    t = torch.arange(schedule.num_train_timesteps)
-    a = schedule.alphas_cumprod
-    snr = a / (1 - a)
-    w = schedule.snr_weight(kind, t, 5.0)
-    assert torch.isclose(w.mean(), torch.tensor(1.0))
-    # The loss of each type is its x0 error times a factor of SNR: 1 (x0), SNR (noise), SNR + 1 (v).
-    factor = {"sample": torch.ones_like(snr), "epsilon": snr, "v_prediction": snr + 1}[kind]
-    x0_terms = w * factor
-    expected = snr.clamp_max(5.0)
-    torch.testing.assert_close(x0_terms / x0_terms.mean(), expected / expected.mean(), rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown prediction_type"):
-        schedule.snr_weight("x0", t, 5.0)

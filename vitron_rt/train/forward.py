@@ -167,19 +167,6 @@ class NoiseSchedule:
             return a.sqrt() * noise - (1.0 - a).sqrt() * x0
         raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
-    def snr_weight(self, prediction_type: str, t: torch.Tensor, gamma: float) -> torch.Tensor:
-        """Min-SNR-gamma loss weights (Hang et al. 2023) for timesteps t (P,), scaled to a
-        mean of 1 over every timestep: each timestep's loss, in x0 terms, counts min(SNR, gamma),
-        so the noisiest steps (whose best answer is a blur) no longer dominate the gradient."""
-        a = self.alphas_cumprod
-        snr = a / (1.0 - a)  # (T,)
-        capped = snr.clamp_max(gamma)
-        per_type = {"sample": capped, "epsilon": capped / snr, "v_prediction": capped / (snr + 1.0)}
-        if prediction_type not in per_type:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}")
-        w = per_type[prediction_type]
-        return (w / w.mean())[t]
-
 
 def denoise_loss(
     model: VitronModel,
@@ -190,15 +177,13 @@ def denoise_loss(
     generator: torch.Generator,
     draws: int = 2,
     uncond_probability: float = 0.1,
-    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The UNet's loss (on noise, v or x0: its config's `prediction_type`) on the VAE
     latents of `images` (P, 3, Hv, Wv) in [-1, 1], conditioned on `cond` (P, K, C);
     `draws` timesteps per image (the LLM's cost is paid once for all of them). The
     condition is zeroed with `uncond_probability`, the runtime's unconditional branch for
     classifier-free guidance. `weights` (P, 1, h, w) weight the squared error per latent
-    cell; with `snr_gamma`, each draw's error also weighs its timestep's min-SNR weight
-    (`NoiseSchedule.snr_weight`). The VAE is not trained here."""
+    cell. The VAE is not trained here."""
     with torch.no_grad():
         z0 = model.vae_encoder(images)  # (P, C, h, w), scaled latents
     z0 = z0.repeat(draws, 1, 1, 1)
@@ -209,10 +194,7 @@ def denoise_loss(
     noise = torch.randn(z0.shape, generator=generator)
     keep = (torch.rand(n, generator=generator) >= uncond_probability).float().reshape(-1, 1, 1)
     out = model.unet(schedule.add_noise(z0, noise, t), t.float(), cond * keep)  # (P', C, h, w)
-    prediction = model.unet.config.prediction_type
-    se = (out - schedule.target(prediction, z0, noise, t)) ** 2 * weights
-    if snr_gamma is not None:
-        se = se * schedule.snr_weight(prediction, t, snr_gamma).reshape(-1, 1, 1, 1)
+    se = (out - schedule.target(model.unet.config.prediction_type, z0, noise, t)) ** 2 * weights
     return se.sum() / (weights.sum() * z0.shape[1])
 
 

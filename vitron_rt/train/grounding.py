@@ -4,11 +4,13 @@ A question about one shape among several ("What colour is the triangle?") is ans
 the position before the answer, which must find the triangle's patches among the image's
 64 rows and read them. A 4-layer LLM trained from scratch learns that selection slowly
 (see the README: with perfect patches it still picked one shape of several barely above
-chance after hundreds of steps). ShapesWorld knows where every shape is, so the
-instruction stage can say it: head `head` of layer `layer`, at the position that predicts
-the answer, is pulled towards the shape's patches, each weighted by how much of it the
-shape covers (`data.collate(ground=True)`). The cross entropy of that head's attention
-with the target is the `ground` loss; the LM loss still decides what is read there.
+chance after hundreds of steps). ShapesWorld knows where every shape is, so a stage can
+say it (a `ground` loss weight; `stages.Stage.ground_*` pick the heads): one head, at the
+position that predicts the answer, is pulled towards the shape's patches, each weighted by
+how much of it the shape covers, and another from the last token of the words that name
+the shape (`data.collate(ground=True)`). The cross entropy of a head's attention with the
+target is the `ground` loss; the LM loss still decides what is read there. The shipped
+recipe does not use it: measured in `stages` and the README.
 
 Nothing changes at serving time: the head is one of the LLM's own, exported as it is; the
 loss only shapes what it learns. The attention is recomputed for the grounded queries alone

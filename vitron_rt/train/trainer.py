@@ -209,14 +209,7 @@ class Trainer:
             if w.get("code_denoise") and len(batch.diff_images):
                 cond = self.codes.diffusion(batch.diff_codes)  # (P, K, C)
                 out["code_denoise"] = fw.denoise_loss(
-                    model,
-                    self.schedule,
-                    batch.diff_images,
-                    cond,
-                    batch.diff_weights,
-                    generator,
-                    stage.diffusion_draws,
-                    snr_gamma=stage.snr_gamma,
+                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
                 )
             return out
         with torch.set_grad_enabled(bool(trains & {"vision", "projector"}) and torch.is_grad_enabled()):
@@ -261,14 +254,7 @@ class Trainer:
                 align.append(F.mse_loss(cond, target))
             if w.get("denoise"):
                 out["denoise"] = fw.denoise_loss(
-                    model,
-                    self.schedule,
-                    batch.diff_images,
-                    cond,
-                    batch.diff_weights,
-                    generator,
-                    stage.diffusion_draws,
-                    snr_gamma=stage.snr_gamma,
+                    model, self.schedule, batch.diff_images, cond, batch.diff_weights, generator, stage.diffusion_draws
                 )
         if align:
             out["align"] = sum(align) / len(align)
