@@ -13,27 +13,16 @@ from vitron_rt.models.model import VitronModel
 from vitron_rt.shapes import ShapesWorld
 from vitron_rt.shapes.chat import render_follow_up, render_prompt, user_content
 from vitron_rt.shapes.tasks import TASKS, TaskGenerator
-from vitron_rt.shapes.vocab import shapes_tokenizer
 from vitron_rt.shapes.world import ShapeSpec
 from vitron_rt.train import forward as fw
 from vitron_rt.train.conditioning import EMPTY, CodeEncoder, code_array, scene_code
-from vitron_rt.train.data import IGNORE, DataSpec, backend_batch, collate, encode_sample
+from vitron_rt.train.data import IGNORE, backend_batch, collate, encode_sample
 from vitron_rt.train.stages import STAGES
 from vitron_rt.train.trainer import Trainer
 
 CFG = preset("mini")
 GEN = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
 ALL = [GEN.sample(task, 0) for task in sorted(TASKS)]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
-
-
-@pytest.fixture(scope="module")
-def spec(tok):
-    return DataSpec.build(CFG, tok)
 
 
 def test_ids_are_the_runtimes_prompt_then_the_reply(tok, spec):

@@ -10,24 +10,13 @@ from vitron_rt.models.model import VitronModel
 from vitron_rt.shapes import ShapesWorld
 from vitron_rt.shapes.palette import KINDS
 from vitron_rt.shapes.tasks import TaskGenerator
-from vitron_rt.shapes.vocab import shapes_tokenizer
-from vitron_rt.train.data import IGNORE, DataSpec, collate
+from vitron_rt.train.data import IGNORE, collate
 from vitron_rt.train.grounding import capture_attention_input, grounding_loss, head_attention
 from vitron_rt.train.stages import STAGES
 from vitron_rt.train.trainer import Trainer
 
 CFG = preset("mini")
 GEN = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
-
-
-@pytest.fixture(scope="module")
-def spec(tok):
-    return DataSpec.build(CFG, tok)
 
 
 def test_targets_weigh_the_asked_shapes_patches_from_the_answers_query(tok, spec):
