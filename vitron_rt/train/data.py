@@ -22,6 +22,9 @@ prepares them at serving time.
                             the colour, kind and place of the shape that covers it (`cell_owners`)
     words (`collate(words=c)`) ─► the same per-cell labels for every image row of an LLM
                             batch (a video's sampled frames), for the projector's word objective
+    ground (`collate(ground=True)`) ─► per question about one shape of an image (and per
+                            signal token of an image segmentation or edit): the query position
+                            and the shape's share of each patch (`vitron_rt.train.grounding`)
 
 Every random choice (which video frame, which prompt mask) comes from a numpy Generator
 the caller seeds, so a batch is a pure function of (samples, seed).
@@ -48,6 +51,7 @@ from vitron_rt.shapes.chat import render_follow_up, render_prompt, user_content
 from vitron_rt.shapes.palette import COLOURS, KINDS, PLACES
 from vitron_rt.shapes.render import jittered_box
 from vitron_rt.shapes.tasks import Sample
+from vitron_rt.shapes.templates import referring_expressions
 from vitron_rt.shapes.world import ShapeSpec
 from vitron_rt.train.conditioning import COLOUR_INDEX, KIND_INDEX, PLACE_INDEX, code_array, scene_code
 
@@ -466,8 +470,6 @@ def _reference_end(
     """The position in `enc.ids` of the last token of the longest referring expression for
     `shape` (`templates.referring_expressions`) in a question's `text` (encoded from
     position `start`), or None when the question names the shape otherwise (a region)."""
-    from vitron_rt.shapes.templates import referring_expressions
-
     lower = text.lower()
     found = [r for r in referring_expressions(sample.scene, shape) if r in lower]
     if not found:
