@@ -109,3 +109,7 @@ def test_the_ground_loss_trains_its_head(tok):
     log = trainer.run(stage, 6, fixed_batch=True)
     ground = log.series("ground")
     assert ground[-1] < ground[0] - 0.2
+    with pytest.raises(ValueError, match="ground_roles"):
+        stage.replace(ground_roles=(0, 2))
+    with pytest.raises(ValueError, match="layers and heads"):
+        stage.replace(ground_layer=-1)

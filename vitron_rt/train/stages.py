@@ -139,6 +139,11 @@ class Stage:
         unknown = set(self.mix) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)} in the mix of stage {self.name!r}")
+        if not set(self.ground_roles) <= {0, 1}:
+            roles = self.ground_roles
+            raise ValueError(f"stage {self.name!r}: ground_roles are 0 (answers, signals) and 1 (words), got {roles}")
+        if min(self.ground_layer, self.ground_head, self.ground_ref_layer, self.ground_ref_head) < 0:
+            raise ValueError(f"stage {self.name!r}: grounding layers and heads must be >= 0")
         if self.follow_ups < 0:
             raise ValueError(f"stage {self.name!r}: follow_ups must be >= 0, got {self.follow_ups}")
         if self.batch_size < 1 or self.lr <= 0:
