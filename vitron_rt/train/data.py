@@ -132,18 +132,21 @@ class Encoded:
 def encode_sample(sample: Sample, tokenizer: PreparedTokenizer, spec: DataSpec) -> Encoded:
     """Ids and labels of one sample (see the module docstring)."""
     tok = tokenizer.tokenizer
-    prompt = tok.encode(render_prompt(user_content(sample, spec.video_frames)), add_special_tokens=False).ids
+    text = render_prompt(user_content(sample, spec.video_frames))
+    prompt = tok.encode(text, add_special_tokens=False).ids
     wide: list[int] = []
     for t in prompt:
         wide.extend([t] * spec.num_patches if t == spec.image_id else [t])
     # The reply, then each follow-up turn's question (unlabelled) and reply.
     ids, labels, queries = list(wide), [IGNORE] * len(wide), []
-    questions = [(render_prompt(user_content(sample, spec.video_frames)), 0)]
+    questions = [(text, 0)]
     for user, answer in [(None, sample.answer), *sample.turns]:
-        question = [] if user is None else tok.encode(render_follow_up(user), add_special_tokens=False).ids
-        reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
+        question = []
         if user is not None:
-            questions.append((render_follow_up(user), len(ids)))
+            text = render_follow_up(user)
+            question = tok.encode(text, add_special_tokens=False).ids
+            questions.append((text, len(ids)))
+        reply = tok.encode(f" {answer}", add_special_tokens=False).ids + [spec.eos_id]
         ids += question
         queries.append(len(ids) - 1)
         ids += reply
@@ -452,16 +455,14 @@ def _grounding(
         return []
     where = [p for p, t in enumerate(enc.ids) if t == spec.image_id]
     grid = math.isqrt(spec.num_patches)
-    out = []
-    for query, shape, role in asked:
-        if shape is None:
-            continue
+    shares: dict[int, np.ndarray] = {}  # shape -> its share of each patch (N,), once per shape
+    for shape in {shape for _, shape, _ in asked if shape is not None}:
         mask = sample.shape_masks[shape]  # (H, W) visible
         h, w = mask.shape
         cover = mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3), dtype=np.float32).reshape(-1)  # (N,)
         if cover.sum() > 0:
-            out.append((row, query, where, cover / cover.sum(), role))
-    return out
+            shares[shape] = cover / cover.sum()
+    return [(row, query, where, shares[shape], role) for query, shape, role in asked if shape in shares]
 
 
 def _reference_end(
