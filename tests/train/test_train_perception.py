@@ -182,3 +182,31 @@ def test_the_word_objective_asks_each_shape_patch_for_its_words():
     loss.backward()
     assert matrix.grad is None and embeds.grad[0, :2].abs().sum() > 0 and (embeds.grad[0, 2] == 0).all()
     assert words_loss(embeds, norm, matrix, torch.zeros_like(target)) is None  # no shape: no loss
+
+
+def test_the_region_tokens_are_asked_for_the_words_of_the_shape_they_point_at():
+    from vitron_rt.models.model import VitronModel
+    from vitron_rt.train.stages import STAGES
+    from vitron_rt.train.trainer import Trainer
+
+    tok = shapes_tokenizer(CFG.llm.vocab_size, CFG.signal.num_tokens, CFG.video_frames)
+    spec = DataSpec.build(CFG, tok)
+    gen = TaskGenerator(ShapesWorld(seed=0), num_signal_tokens=CFG.signal.num_tokens)
+    samples = [gen.sample("region_colour", 0), gen.sample("qa_colour", 1), gen.sample("seg_image_region", 2)]
+    batch = collate(samples, tok, spec, np.random.default_rng(0), backends=False, words=2)
+    for f, classes in (("colour", COLOURS), ("kind", KINDS)):
+        expected = [list(classes).index(getattr(s.scene.shapes[s.shape], f)) for s in (samples[0], samples[2])]
+        assert batch.region_labels[f].flatten().tolist() == expected
+    expected = [PLACES.index(s.scene.place(s.shape)) for s in (samples[0], samples[2])]
+    assert batch.region_labels["place"].flatten().tolist() == expected
+    # The loss trains the region encoder (and the LM loss leaves it free to read the token).
+    trainer = Trainer(VitronModel.from_config(CFG), tok)
+    stage = STAGES["instruction"].replace(
+        mix={"region_colour": 1.0, "region_kind": 1.0}, loss_weights={"region_words": 1.0}, batch_size=4, lr=3e-3
+    )
+    before = {k: v.clone() for k, v in trainer.model.region_encoder.state_dict().items()}
+    log = trainer.run(stage, 6, fixed_batch=True)
+    series = log.series("region_words")
+    assert series[-1] < series[0] - 0.2
+    after = trainer.model.region_encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

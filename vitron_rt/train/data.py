@@ -23,8 +23,12 @@ prepares them at serving time.
     words (`collate(words=c)`) ─► the same per-cell labels for every image row of an LLM
                             batch (a video's sampled frames), for the projector's word objective
     ground (`collate(ground=True)`) ─► per question about one shape of an image (and per
-                            signal token of an image segmentation or edit): the query position
-                            and the shape's share of each patch (`vitron_rt.train.grounding`)
+                            signal token of an image segmentation or edit): the query position,
+                            the shape's share of each patch, the position of the words (or the
+                            <region>) naming it, and its colour, kind and place
+                            (`vitron_rt.train.grounding`)
+    region words (`collate(words=c)`) ─► the colour, kind and place of the shape each region
+                            points at, for the word objective on the region encoder's tokens
 
 Every random choice (which video frame, which prompt mask) comes from a numpy Generator
 the caller seeds, so a batch is a pure function of (samples, seed).
@@ -261,6 +265,10 @@ class Batch:
     # What each cell of each image row shows ("colour", "kind", "place" -> (M, N, c*c) int64,
     # `cell_fields`), for the projector's word objective; None unless `collate(words=c)`.
     patch_labels: dict[str, torch.Tensor] | None = None
+    # What the shape each region points at is ("colour", "kind", "place" -> (1, R, 1) int64,
+    # the layout of `patch_labels` with one cell per region), for the same objective on the
+    # region encoder's tokens; None unless `collate(words=c)`.
+    region_labels: dict[str, torch.Tensor] | None = None
     # Grounding (`collate(ground=True)`, `vitron_rt.train.grounding`): per question about one
     # shape of an image, its row, the position that predicts the answer, and where it
     # should look: (G, T) over the sequence, each patch of the image weighted by how much
@@ -269,8 +277,12 @@ class Batch:
     ground_queries: torch.Tensor | None = None  # (G,) int64
     ground_targets: torch.Tensor | None = None  # (G, T) float
     # 0: the query predicts an answer or is a signal token; 1: it is the last token of the
-    # question's words for the shape ("the triangle", "the shape at the top left").
+    # question's words for the shape ("the triangle", "the shape at the top left"); 2: the
+    # query of role 0, its target one position, those words' last token or the <region>.
     ground_roles: torch.Tensor | None = None  # (G,) int64
+    # What the grounded shape is ("colour", "kind", "place" -> (1, G, 1) int64, the layout of
+    # `region_labels`): the words the residual stream should hold there (`ground_words`).
+    ground_fields: dict[str, torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -367,10 +379,10 @@ def collate(
     positions = torch.full((b, spec.num_signal_tokens), -1, dtype=torch.int64)
     images: list[np.ndarray] = []
     shown: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # per image row: shape masks, fields
-    region_boxes, region_image = [], []
+    region_boxes, region_image, region_fields = [], [], []
     seg_items: list[SegItem] = []
     diff_items: list[DiffItem] = []
-    grounded: list[tuple[int, int, list[int], np.ndarray, int]] = []  # row, query, image positions, weights, role
+    grounded: list[tuple[int, int, list[int], np.ndarray, int, int]] = []  # row, query, where, weights, role, shape
     for i, (sample, enc) in enumerate(zip(samples, encoded)):
         n = len(enc.ids)
         ids[i, :n] = torch.tensor(enc.ids)
@@ -393,6 +405,7 @@ def collate(
             shown += [frame_fields(sample, int(t)) for t in times]
         if sample.region is not None:
             region_boxes.append(sample.region)
+            region_fields.append(_shape_fields(sample, sample.shape))
             region_image.append(first_image)  # a video's region points into its first frame, as in the runtime
         if ground:
             grounded += _grounding(sample, enc, spec, i, tokenizer)
@@ -404,8 +417,9 @@ def collate(
     pixels = preprocess_images(images, spec.vision) if images else np.zeros((0, 3, s, s), np.float32)
     boxes = torch.tensor(region_boxes, dtype=torch.float32).reshape(-1, 4)
     targets = torch.zeros(len(grounded), length)
-    for g, (_, _, where, weights, _) in enumerate(grounded):
+    for g, (_, _, where, weights, _, _) in enumerate(grounded):
         targets[g, where] = torch.from_numpy(weights)
+    ground_fields = [_shape_fields(samples[g[0]], g[5]) for g in grounded]
     return Batch(
         tasks=tuple(s.task for s in samples),
         modules=tuple(s.module for s in samples),
@@ -424,35 +438,63 @@ def collate(
         **_seg_tensors(seg_items, spec),
         **_diff_tensors(diff_items, spec),
         patch_labels=cell_fields(shown, math.isqrt(spec.num_patches), words, FIELD_NAMES) if words else None,
+        region_labels=_field_labels(region_fields) if words else None,
         ground_rows=torch.tensor([g[0] for g in grounded], dtype=torch.int64) if ground else None,
         ground_queries=torch.tensor([g[1] for g in grounded], dtype=torch.int64) if ground else None,
         ground_targets=targets if ground else None,
         ground_roles=torch.tensor([g[4] for g in grounded], dtype=torch.int64) if ground else None,
+        ground_fields=_field_labels(ground_fields) if ground else None,
     )
+
+
+def _shape_fields(sample: Sample, shape: int) -> tuple[int, int, int]:
+    """The colour, kind and place labels (`FIELD_NAMES`) of one shape of an image sample."""
+    s = sample.scene.shapes[shape]
+    return COLOUR_INDEX[s.colour], KIND_INDEX[s.kind], PLACE_INDEX[sample.scene.place(shape)]
+
+
+def _field_labels(fields: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    """Per field of `FIELD_NAMES`, the (1, n, 1) labels of n shapes (`_shape_fields`)."""
+    table = torch.tensor(fields, dtype=torch.int64).reshape(-1, len(FIELD_NAMES))  # (n, 3)
+    return {f: table[:, j].reshape(1, -1, 1) for j, f in enumerate(FIELD_NAMES)}
 
 
 def _grounding(
     sample: Sample, enc: Encoded, spec: DataSpec, row: int, tokenizer: PreparedTokenizer
-) -> list[tuple[int, int, list[int], np.ndarray, int]]:
+) -> list[tuple[int, int, list[int], np.ndarray, int, int]]:
     """A sample's grounded queries, each with the image's positions in the sequence, the
-    share of the shape on each patch, and its role (`Batch.ground_roles`). On an image
+    share of the shape on each patch, its role (`Batch.ground_roles`) and the shape. On an image
     input: a question about one shape, from the position that predicts its answer (role 0)
     and from the last token of the words that name the shape in it (role 1); a
     segmentation or edit of one shape, from each signal token (role 0), whose state the
-    back end reads."""
+    back end reads, and from its request's words (role 1). Each role-0 query also reads
+    the words (or the <region> token) that name its shape (role 2)."""
     if sample.media != "image":
         return []
+    region = enc.ids.index(spec.region_id) if sample.region is not None else None
+    reads: list[tuple[int, int, int]] = []  # (query, the position it should read: words or region, shape)
     if sample.module == "understand":
         shapes = (sample.shape, *(sample.turn_shapes or (None,) * len(sample.turns)))
         asked = [(q, shape, 0) for q, shape in zip(enc.queries, shapes)]
-        for (text, start), shape in zip(enc.questions, shapes):
+        for (text, start), query, shape in zip(enc.questions, enc.queries, shapes):
             at = None if shape is None else _reference_end(text, start, sample, shape, enc, spec, tokenizer)
             if at is not None:
                 asked.append((at, shape, 1))
+            at = region if at is None and start == 0 else at  # a region names the shape of the first question
+            if at is not None and shape is not None:
+                reads.append((query, at, shape))
     elif sample.module in ("segment_image", "edit_image"):
-        asked = [(enc.ids.index(sid, enc.prompt_len), sample.shape, 0) for sid in spec.signal_ids]
+        signals = [enc.ids.index(sid, enc.prompt_len) for sid in spec.signal_ids]
+        asked = [(q, sample.shape, 0) for q in signals]
+        text, start = enc.questions[0]
+        at = region
+        if region is None:
+            at = _reference_end(text, start, sample, sample.shape, enc, spec, tokenizer)
+            asked += [(at, sample.shape, 1)] if at is not None else []
+        reads += [(q, at, sample.shape) for q in signals] if at is not None else []
     else:
         return []
+    out = [(row, query, [at], np.ones(1, np.float32), 2, shape) for query, at, shape in reads]
     where = [p for p, t in enumerate(enc.ids) if t == spec.image_id]
     grid = math.isqrt(spec.num_patches)
     shares: dict[int, np.ndarray] = {}  # shape -> its share of each patch (N,), once per shape
@@ -462,7 +504,7 @@ def _grounding(
         cover = mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3), dtype=np.float32).reshape(-1)  # (N,)
         if cover.sum() > 0:
             shares[shape] = cover / cover.sum()
-    return [(row, query, where, shares[shape], role) for query, shape, role in asked if shape in shares]
+    return [(row, query, where, shares[shape], role, shape) for query, shape, role in asked if shape in shares] + out
 
 
 def _reference_end(

@@ -43,7 +43,12 @@ from vitron_rt.train.data import (
     collate,
     perception_batch,
 )
-from vitron_rt.train.grounding import capture_attention_input, grounding_loss, head_attention
+from vitron_rt.train.grounding import (
+    capture_attention_input,
+    capture_layer_output,
+    grounding_loss,
+    head_attention,
+)
 from vitron_rt.train.perception import (
     PatchHead,
     PerceptionHeads,
@@ -169,17 +174,15 @@ class Trainer:
         """The step's batch (`BackendBatch`, `PerceptionBatch` for the stages without the LLM)."""
         samples = self.samples(stage, step)
         rng = self._rng(stage, step, "collate")
+        w = stage.loss_weights
         if stage.kind == "perception":
-            w = stage.loss_weights
             encoders = [e for e, loss in (("vision", "patch"), ("seg", "seg_patch")) if w.get(loss)]
             return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells, encoders)
         if stage.kind in ("autoencoder", "backends"):
             return backend_batch(samples, self.spec, rng)
-        words = self.patch_head.vision.cells if stage.loss_weights.get("words") else 0
-        ground = bool(stage.loss_weights.get("ground"))
-        return collate(
-            samples, self.tokenizer, self.spec, rng, backends=stage.kind == "pixel", words=words, ground=ground
-        )
+        words = self.patch_head.vision.cells if w.get("words") or w.get("region_words") else 0
+        backends, ground = stage.kind == "pixel", bool(w.get("ground") or w.get("ground_words"))
+        return collate(samples, self.tokenizer, self.spec, rng, backends=backends, words=words, ground=ground)
 
     # ------------------------------------------------------------------ losses
 
@@ -216,12 +219,23 @@ class Trainer:
             features, embeds = fw.front_end(model, batch.pixel_values)
         x = fw.sequence_embeds(model, batch, self.spec, features, embeds)
         hf = model.llm_decoder.model
-        heads = self._ground_heads(stage, batch) if w.get("ground") and batch.ground_rows is not None else []
+        grounded = batch.ground_rows is not None
+        heads = self._ground_heads(stage, batch) if grounded and (w.get("ground") or w.get("ground_words")) else []
         with ExitStack() as stack:
             seen = {layer: stack.enter_context(capture_attention_input(hf, layer)) for layer, _, _ in heads}
+            after = {layer: stack.enter_context(capture_layer_output(hf, layer)) for layer, _, _ in heads}
             logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
         out = {"lm": fw.lm_loss(logits, batch.labels)}
-        if heads:
+        if w.get("ground_words") and heads:
+            states, labels = [], []
+            for layer, _, items in heads:
+                states.append(after[layer]["hidden"][batch.ground_rows[items], batch.ground_queries[items]])
+                labels.append(items)
+            items = torch.cat(labels)
+            fields = {f: v[:, items] for f, v in batch.ground_fields.items()}  # (1, G', 1)
+            target = word_targets(fields, self.words, logits.shape[-1])
+            out["ground_words"] = words_loss(torch.cat(states)[None], hf.model.norm, hf.lm_head.weight, target)
+        if heads and w.get("ground"):
             losses = []
             for layer, head, items in heads:
                 attn = hf.model.layers[layer].self_attn
@@ -234,6 +248,10 @@ class Trainer:
             words = words_loss(embeds, hf.model.norm, hf.lm_head.weight, target)
             if words is not None:
                 out["words"] = words
+        if w.get("region_words") and batch.region_labels is not None and len(batch.region_boxes):
+            target = word_targets(batch.region_labels, self.words, logits.shape[-1])  # (1, R, V)
+            regions = x[batch.input_ids == self.spec.region_id][None]  # (1, R, D), in the regions' order
+            out["region_words"] = words_loss(regions, hf.model.norm, hf.lm_head.weight, target)
         if stage.kind != "pixel":
             return out
         signal = fw.signal_hidden(hidden, batch.signal_positions)  # (B, K, D)
@@ -265,7 +283,11 @@ class Trainer:
         """(layer, head, indices of the grounded items it learns from) for each grounded role
         of the stage that the batch has items of."""
         out = []
-        roles = ((0, stage.ground_layer, stage.ground_head), (1, stage.ground_ref_layer, stage.ground_ref_head))
+        roles = (
+            (0, stage.ground_layer, stage.ground_head),
+            (1, stage.ground_ref_layer, stage.ground_ref_head),
+            (2, stage.ground_read_layer, stage.ground_read_head),
+        )
         for role, layer, head in roles:
             items = (batch.ground_roles == role).nonzero()[:, 0]
             if role in stage.ground_roles and len(items):
