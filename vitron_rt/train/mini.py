@@ -53,7 +53,9 @@ from vitron_rt.train.stages import STAGES, Stage
 #   instruction        16    520       348     LLM loss + words + signal alignment, 3 follow-ups
 #   pixel               8    250       150
 # 24.8 minutes in all, tokenizer and saving included (the 30 allowed), on an idle machine;
-# repeated the same day, 27.8 (byte-identical weights): leave ~2 minutes of margin.
+# repeated the same day, 27.8 (byte-identical weights): leave ~2 minutes of margin. With
+# `ground_words` and `region_words` (the shipped run since), on a day the same machine ran
+# ~12 % slower: 216, 149, 103, 383, 96, 160, 400 and 171 s, 28.1 minutes.
 # The shipped run before it (backends 215 at weight 1, the same other steps) took 28.2
 # with ~85 s of test runs beside its first two stages (autoencoder 261 s, perception 180;
 # without the word objective, 199 and 153 s, 28.0 min). A recipe with autoencoder 1000,
