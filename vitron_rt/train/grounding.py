@@ -18,7 +18,8 @@ token of a segmentation or edit reads its request's words the same way). Measure
 attention of both hops forms within a few hundred steps, yet the answer barely improved: a
 linear probe read the asked shape's colour off the words' state after layer 1 on 81 % of
 held-out questions, and off the answer's state after the reading layer on 64 %, no better
-than before it. The hop's attention was right but its values did not carry the shape. So
+than before it (85 % and 76 % with the objective below). The hop's attention was right but
+its values did not carry the shape. So
 `ground_words` asks the states themselves: the residual stream after the layer of each
 grounded role's head, at its query, read by the LLM's final norm and tied output head (a
 logit lens), predicts the words of the shape (its colour, kind and place; the projector's

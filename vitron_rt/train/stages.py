@@ -290,7 +290,8 @@ ALIGNMENT = Stage(
 # With attention alone both hops formed (role 1's head put 66 % of its mass on the asked
 # shape, role 2's all of it on the words), yet a linear probe read the asked colour off the
 # words' state after layer 1 on 81 % of held-out questions and off the answer's after
-# layer 2 on 64 %, as before: the read did not carry what the words had found.
+# layer 2 on 64 %, as before: the read did not carry what the words had found. With
+# ground_words (the recipe's row) the same probes read 85 % and 76 %.
 INSTRUCTION = Stage(
     name="instruction",
     kind="pixel",
