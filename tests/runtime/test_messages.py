@@ -18,6 +18,7 @@ from vitron_rt.runtime.messages import (
     MODULES,
     HybridMessage,
     ParseResult,
+    back_end_region,
     find_signal_tokens,
     parse,
     resolve_module,
@@ -257,3 +258,12 @@ def test_signal_token_ids_from_the_manifest():
         special_token_ids={"<image>": 3, "<region>": 4, "<sig_0>": 5, "<sig_1>": 6},
     )
     assert signal_token_ids(info) == (5, 6)
+
+
+def test_a_back_end_gets_the_messages_region_else_the_users_box():
+    user = (0.1, 0.1, 0.5, 0.5)
+    own = HybridMessage("segment_image", ("the red circle",), region=(0.2, 0.3, 0.6, 0.7))
+    plain = HybridMessage("segment_image", ("the red circle",))
+    assert back_end_region(own, user) == own.region
+    assert back_end_region(plain, user) == user
+    assert back_end_region(plain, None) is None and back_end_region(None, user) == user

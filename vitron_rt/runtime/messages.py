@@ -189,6 +189,13 @@ class HybridMessage:
         }
 
 
+def back_end_region(message: HybridMessage | None, user_box: Box | None) -> Box | None:
+    """The region a back end is given: the message's own, else the user's box (a message
+    that names none still acts on what the user pointed at)."""
+    region = None if message is None else message.region
+    return user_box if region is None else region
+
+
 def _format_coord(v: float) -> str:
     """Shortest positional decimal that reads back as the same float (no exponent, which
     some readers of the text would not expect)."""

@@ -47,7 +47,7 @@ from vitron_rt.runtime.embedding import MappedTable
 from vitron_rt.runtime.errors import MediaError, MessageError, RegionError, VitronInputError
 from vitron_rt.runtime.generate import GenerationResult, Generator, Usage
 from vitron_rt.runtime.kv_cache import KvCache
-from vitron_rt.runtime.messages import HybridMessage, parse, signal_token_ids
+from vitron_rt.runtime.messages import HybridMessage, back_end_region, parse, signal_token_ids
 from vitron_rt.runtime.prefill import (
     EncodedImage,
     EncodedRegion,
@@ -695,7 +695,7 @@ class Conversation:
             video=req.video,
             frames=None if req.clip is None else req.clip.frames,
             frame_indices=None if req.clip is None else req.clip.indices,
-            region=message.region if message.region is not None else user_box,
+            region=back_end_region(message, user_box),
             sketch=req.sketch,
             seed=req.sampling.seed,
         )

@@ -38,7 +38,7 @@ from vitron_rt.bundle import Bundle
 from vitron_rt.engines import Runner
 from vitron_rt.runtime.errors import MessageError
 from vitron_rt.runtime.media import write_png_atomic
-from vitron_rt.runtime.messages import MODULES, HybridMessage, resolve_module
+from vitron_rt.runtime.messages import MODULES, HybridMessage, back_end_region, resolve_module
 from vitron_rt.runtime.region import Box
 
 PIPELINES_PACKAGE = "vitron_rt.runtime.pipelines"
@@ -173,9 +173,7 @@ def _adapt(cls: type) -> Pipeline:
 
     def run(request: TaskRequest) -> list[TaskOutput]:
         pipeline = cls(request.bundle.manifest, request.runners)
-        message = request.message
-        if message.region is None and request.region is not None:
-            message = replace(message, region=request.region)  # the signal rides along
+        message = replace(request.message, region=back_end_region(request.message, request.region))  # keeps the signal
         extra = {}
         if "seg_signal" in inspect.signature(pipeline.run).parameters:
             extra["seg_signal"] = _seg_signal(request)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vitron_rt.runtime.media import VideoReader, VideoWriter, load_image
-from vitron_rt.runtime.messages import parse
+from vitron_rt.runtime.messages import back_end_region, parse
 from vitron_rt.runtime.pipelines.base import Clock
 from vitron_rt.runtime.pipelines.segmentation import Segmenter
 from vitron_rt.runtime.region import Box
@@ -223,8 +223,7 @@ def track_masks(
     docstring), through the session's runners; the message's region, else the user's box,
     as the runtime gives its back ends."""
     seg = Segmenter(session.manifest, session.runners)
-    region = result.message.region if result.message is not None else None
-    region = user_region if region is None else region
+    region = back_end_region(result.message, user_region)
     clock, previous, masks = Clock(), None, []
     for frame in frames:
         mask, decoded = seg.segment(frame, result.conditioning, region, clock, previous=previous)
