@@ -303,6 +303,10 @@ INSTRUCTION = Stage(
     follow_ups=3,
     ground_roles=(1, 2),
 )
+# `ground_words` here too: the full run without it in this stage (the stages before it
+# byte-identical), eval-mini against the shipped run with it: image QA 55.7 / 60.5 %,
+# region QA 67.6 / 71.2 %, video QA 42.9 / 52.4 %, image segmentation 0.559 / 0.528 mIoU,
+# image edits 9.1 % both.
 PIXEL = Stage(
     name="pixel",
     kind="pixel",
