@@ -1,4 +1,4 @@
-"""Grounding: one attention head of the LLM taught to look at the shape a question is about.
+"""Grounding: the LLM taught to find the shape a question is about and to carry what it is.
 
 A question about one shape among several ("What colour is the triangle?") is answered by
 the position before the answer, which must find the triangle's patches among the image's
@@ -19,8 +19,8 @@ attention of both hops forms within a few hundred steps, yet the answer barely i
 linear probe read the asked shape's colour off the words' state after layer 1 on 81 % of
 held-out questions, and off the answer's state after the reading layer on 64 %, no better
 than before it (85 % and 76 % with the objective below). The hop's attention was right but
-its values did not carry the shape. So
-`ground_words` asks the states themselves: the residual stream after the layer of each
+its values did not carry the shape. So `ground_words` asks the states themselves: the
+residual stream after the layer of each
 grounded role's head, at its query, read by the LLM's final norm and tied output head (a
 logit lens), predicts the words of the shape (its colour, kind and place; the projector's
 word objective, `perception.words_loss`). The shipped recipe uses `ground_words` on roles
