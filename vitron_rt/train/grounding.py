@@ -20,11 +20,11 @@ linear probe read the asked shape's colour off the words' state after layer 1 on
 held-out questions, and off the answer's state after the reading layer on 64 %, no better
 than before it (85 % and 76 % with the objective below). The hop's attention was right but
 its values did not carry the shape. So `ground_words` asks the states themselves: the
-residual stream after the layer of each
-grounded role's head, at its query, read by the LLM's final norm and tied output head (a
-logit lens), predicts the words of the shape (its colour, kind and place; the projector's
-word objective, `perception.words_loss`). The shipped recipe uses `ground_words` on roles
-1 and 2, not the attention loss: measured in `stages` and the README.
+residual stream after the layer of each grounded role's head, at its query, read by the
+LLM's final norm and tied output head (a logit lens), predicts the words of the shape (its
+colour, kind and place; the projector's word objective, `perception.words_loss`). The
+shipped recipe uses `ground_words` on roles 1 and 2, not the attention loss: measured in
+`stages` and the README.
 
 Nothing changes at serving time: the head is one of the LLM's own, exported as it is; the
 loss only shapes what it learns. The attention is recomputed for the grounded queries alone
