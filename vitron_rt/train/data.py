@@ -490,8 +490,10 @@ def _grounding(
         at = region
         if region is None:
             at = _reference_end(text, start, sample, sample.shape, enc, spec, tokenizer)
-            asked += [(at, sample.shape, 1)] if at is not None else []
-        reads += [(q, at, sample.shape) for q in signals] if at is not None else []
+            if at is not None:
+                asked.append((at, sample.shape, 1))
+        if at is not None:
+            reads += [(q, at, sample.shape) for q in signals]
     else:
         return []
     out = [(row, query, [at], np.ones(1, np.float32), 2, shape) for query, at, shape in reads]

@@ -221,20 +221,19 @@ class Trainer:
         hf = model.llm_decoder.model
         grounded = batch.ground_rows is not None
         heads = self._ground_heads(stage, batch) if grounded and (w.get("ground") or w.get("ground_words")) else []
+        layers = {layer for layer, _, _ in heads}  # each hooked once, whichever roles share it
+        lens = (hf.model.norm, hf.lm_head.weight)  # how the word objectives read a state
         with ExitStack() as stack:
-            seen = {layer: stack.enter_context(capture_attention_input(hf, layer)) for layer, _, _ in heads}
-            after = {layer: stack.enter_context(capture_layer_output(hf, layer)) for layer, _, _ in heads}
+            seen = {i: stack.enter_context(capture_attention_input(hf, i)) for i in layers if w.get("ground")}
+            after = {i: stack.enter_context(capture_layer_output(hf, i)) for i in layers if w.get("ground_words")}
             logits, hidden = fw.llm_forward(model, x, batch.attention_mask)
         out = {"lm": fw.lm_loss(logits, batch.labels)}
         if w.get("ground_words") and heads:
-            states, labels = [], []
-            for layer, _, items in heads:
-                states.append(after[layer]["hidden"][batch.ground_rows[items], batch.ground_queries[items]])
-                labels.append(items)
-            items = torch.cat(labels)
+            states = [after[layer]["hidden"][batch.ground_rows[i], batch.ground_queries[i]] for layer, _, i in heads]
+            items = torch.cat([i for _, _, i in heads])
             fields = {f: v[:, items] for f, v in batch.ground_fields.items()}  # (1, G', 1)
             target = word_targets(fields, self.words, logits.shape[-1])
-            out["ground_words"] = words_loss(torch.cat(states)[None], hf.model.norm, hf.lm_head.weight, target)
+            out["ground_words"] = words_loss(torch.cat(states)[None], *lens, target)
         if heads and w.get("ground"):
             losses = []
             for layer, head, items in heads:
@@ -245,13 +244,13 @@ class Trainer:
             out["ground"] = sum(losses) / sum(len(items) for _, _, items in heads)
         if w.get("words") and batch.patch_labels is not None:
             target = word_targets(batch.patch_labels, self.words, logits.shape[-1])
-            words = words_loss(embeds, hf.model.norm, hf.lm_head.weight, target)
+            words = words_loss(embeds, *lens, target)
             if words is not None:
                 out["words"] = words
         if w.get("region_words") and batch.region_labels is not None and len(batch.region_boxes):
             target = word_targets(batch.region_labels, self.words, logits.shape[-1])  # (1, R, V)
             regions = x[batch.input_ids == self.spec.region_id][None]  # (1, R, D), in the regions' order
-            out["region_words"] = words_loss(regions, hf.model.norm, hf.lm_head.weight, target)
+            out["region_words"] = words_loss(regions, *lens, target)
         if stage.kind != "pixel":
             return out
         signal = fw.signal_hidden(hidden, batch.signal_positions)  # (B, K, D)
