@@ -180,6 +180,18 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diffusion_options(args: argparse.Namespace):
+    """`run`'s diffusion flags as `DiffusionOptions` (None when none is given); a bad value
+    is the options' own `VitronInputError`."""
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "strength": args.strength}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    from vitron_rt.runtime.pipelines import DiffusionOptions
+
+    return DiffusionOptions(**given)
+
+
 def _run(args: argparse.Namespace) -> int:
     """One request: stream the reply to stdout (a timing line on stderr after it), or
     with --json print one object. Bad input is one line on stderr and exit 1."""
@@ -208,8 +220,8 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError:
                 values = parts
             region = validate_region(values)
-        sampling = SamplingParams(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
-        with Session(args.bundle, engine=args.engine, quant=args.quant) as session:
+        sampling = SamplingParams(greedy=args.greedy, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        with Session(args.bundle, engine=args.engine, quant=args.quant, diffusion=_diffusion_options(args)) as session:
             result = session.run(
                 args.prompt,
                 image=args.image,
@@ -346,6 +358,15 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the token sampling and of the UNet's noise")
+    diffusion = p.add_argument_group("diffusion back ends (generate, edit)")
+    diffusion.add_argument(
+        "--steps", type=int, metavar="N", help="DDIM steps (default 20; an edit runs the last --strength of them)"
+    )
+    diffusion.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance (default 1)")
+    diffusion.add_argument(
+        "--strength", type=float, metavar="S", help="how far an edit noises its input, in (0, 1] (default 0.8)"
+    )
     _add_engine(p)
     p.add_argument(
         "--quant",

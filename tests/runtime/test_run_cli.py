@@ -132,6 +132,21 @@ def test_task_maps_to_the_image_or_video_module(tiny, media, tmp_path, capfd, me
         )
 
 
+def test_seed_and_diffusion_flags_reach_the_unet(tiny, tmp_path, capfd):
+    def picture(*flags) -> bytes:
+        out_dir = tmp_path / "-".join(flags)
+        argv = ["--prompt", "Paint it", "--task", "generate", "--max-new-tokens", "3", "--greedy", "--json"]
+        rc, out, err = run(capfd, tiny, *argv, "--steps", "2", *flags, "--out", out_dir)
+        assert rc == 0, err
+        (image,) = [o["path"] for o in _json(out)["outputs"] if o["kind"] == "image"]
+        return Path(image).read_bytes()
+
+    first = picture("--seed", "1")
+    assert picture("--seed", "1") == first  # the noise is the seed's
+    assert picture("--seed", "2") != first
+    assert picture("--seed", "1", "--guidance-scale", "3") != first
+
+
 def test_json_smollm2(smol, capfd):
     rc, out, err = run(capfd, smol, "--prompt", "What is the capital of France?", "--greedy", "--json")
     assert rc == 0 and err == ""
@@ -162,6 +177,8 @@ def test_streamed_text_then_a_timing_line(smol, capfd):
         (["--task", "segment"], "works on an image"),
         (["--task", "paint_the_fence"], "paint_the_fence"),
         (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--strength", "1.5"], "strength must be in (0, 1]"),
+        (["--steps", "0"], "num_inference_steps must be a positive integer"),
     ],
 )
 def test_bad_input_is_one_line(tiny, media, tmp_path, capfd, args, needle):

@@ -334,6 +334,60 @@ def test_adapted_pipeline_gets_the_users_box_when_the_message_names_none(tmp_pat
     assert own_region.region == (0.5, 0.5, 0.9, 0.9)  # the model's own region wins
 
 
+def test_adapted_pipelines_get_the_sessions_options_and_the_requests_seed(tmp_path):
+    from vitron_rt.runtime.pipelines import DiffusionOptions, SegmentOptions
+
+    built = []
+
+    class Draws:  # a back end that runs the UNet and cuts a mask (an edit)
+        components = ("seg_image_encoder", "unet")
+
+        def __init__(self, manifest, runners, options=None, segment_options=None):
+            built.append((type(self).__name__, options, segment_options))
+
+        def run(self, message, signal, media, out_dir, timings):
+            return SimpleNamespace(outputs=[], info={})
+
+    class Cuts(Draws):  # a segmentation back end: its `options` are SegmentOptions
+        components = ("seg_image_encoder",)
+
+        def __init__(self, manifest, runners, options=None):
+            built.append((type(self).__name__, options, None))
+
+    diffusion, segmentation = DiffusionOptions(strength=1.0, seed=3), SegmentOptions(threshold=0.5)
+    message = HybridMessage("edit_image", ("make it blue",)).with_signal(np.ones((2, 8), np.float32))
+
+    def request(**kw):
+        return TaskRequest(
+            module="edit_image",
+            message=message,
+            conditioning=np.zeros((1, 2, 4), np.float32),
+            out_dir=tmp_path,
+            bundle=SimpleNamespace(manifest=None),
+            runners={},
+            image_path=tmp_path / "x.png",
+            **kw,
+        )
+
+    for cls in (Draws, Cuts):
+        run = tasks._adapt(cls)
+        run(request())  # no options: the classes' defaults
+        run(request(diffusion=diffusion, segmentation=segmentation))
+        run(request(diffusion=diffusion, segmentation=segmentation, seed=11))  # the request's seed wins
+        run(request(seed=12))  # a seed alone: the default options with it
+    assert built[:4] == [
+        ("Draws", None, None),
+        ("Draws", diffusion, segmentation),
+        ("Draws", DiffusionOptions(strength=1.0, seed=11), segmentation),
+        ("Draws", DiffusionOptions(seed=12), None),
+    ]
+    assert built[4:] == [("Cuts", None, None), ("Cuts", segmentation, None), ("Cuts", segmentation, None)] + [
+        ("Cuts", None, None)  # no UNet: the seed is not its
+    ]
+    with pytest.raises(TypeError, match="diffusion must be a DiffusionOptions"):
+        Session(tmp_path, diffusion={"strength": 1.0})  # before the bundle is read
+
+
 def test_builtin_segmentation_pipeline_through_the_hook(tiny, tmp_path):
     path, _ = _image(tmp_path / "seg.png", seed=6, size=(48, 64))
     r = tiny.run("Segment it", image=path, task="segment", out_dir=tmp_path / "seg", sampling=GREEDY)

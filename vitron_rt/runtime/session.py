@@ -123,6 +123,10 @@ class Session:
     and a bundle without it, or a setting it cannot run under (TensorRT, no IOBinding,
     `shared_kv=False`), is an error rather than a silent fp32 run. None or "fp32": the
     fp32 decoder (the default). `decoder_variant` says which file the generator runs.
+    `diffusion` (`pipelines.DiffusionOptions`: steps, guidance, an edit's strength, seed)
+    and `segmentation` (`pipelines.SegmentOptions`) set the back ends' options for every
+    request (None: their defaults); a request's sampling seed, when it sets one, seeds the
+    UNet's noise in place of `diffusion.seed`.
     """
 
     def __init__(
@@ -137,6 +141,8 @@ class Session:
         io_binding: bool = True,
         shared_kv: bool = True,
         quant: str | None = None,
+        diffusion: Any = None,
+        segmentation: Any = None,
     ):
         if engine not in ENGINES:
             raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
@@ -145,6 +151,7 @@ class Session:
             raise ValueError(f"unknown quant {quant!r}; known: {', '.join(QUANT_CHOICES)}")
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise ValueError(f"threads must be a whole number >= 0, got {threads!r}")
+        self.diffusion, self.segmentation = _back_end_options(diffusion, segmentation)
         self.bundle = load_bundle(bundle_path, verify=verify)
         manifest = self.bundle.manifest
         if manifest.llm is None or manifest.tokenizer is None:
@@ -286,6 +293,20 @@ class Session:
             out_dir=out_dir,
             on_text=on_text,
         )
+
+
+def _back_end_options(diffusion: Any, segmentation: Any) -> tuple[Any, Any]:
+    """The session's back-end options, checked for their types (the pipelines package
+    loads here, on the first session that sets one)."""
+    if diffusion is None and segmentation is None:
+        return None, None
+    from vitron_rt.runtime.pipelines import DiffusionOptions, SegmentOptions
+
+    given = (("diffusion", diffusion, DiffusionOptions), ("segmentation", segmentation, SegmentOptions))
+    for name, value, kind in given:
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}")
+    return diffusion, segmentation
 
 
 def _quant_variant(bundle: Any, llm: Any, quant: str, engine: str, io_binding: bool, shared_kv: bool) -> str:
@@ -698,6 +719,8 @@ class Conversation:
             region=back_end_region(message, user_box),
             sketch=req.sketch,
             seed=req.sampling.seed,
+            diffusion=self.session.diffusion,
+            segmentation=self.session.segmentation,
         )
         try:
             outputs = list(pipeline(request))

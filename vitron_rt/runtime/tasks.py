@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,10 @@ class TaskRequest:
     region: Box | None = None  # the message's region, else the user's box
     sketch: np.ndarray | None = None  # the user's sketch mask, when the region was drawn
     seed: int | None = None  # the request's sampling seed, for stochastic back ends
+    # The session's back-end options (`pipelines.DiffusionOptions`, `pipelines.SegmentOptions`);
+    # None: each pipeline's defaults.
+    diffusion: Any = None
+    segmentation: Any = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # add the pipeline's stages here
     notes: list[str] = field(default_factory=list)  # anything the caller should be told
     info: dict = field(default_factory=dict)  # facts about the run that are not times (IoU, frames)
@@ -169,10 +174,14 @@ def _adapt(cls: type) -> Pipeline:
     path. An image given as an array is written to a temporary PNG for it; an edit
     pipeline also gets `seg_signal`, the signal tokens through the segment_image
     projector, when the bundle has one. A message that names no region is given the
-    request's (the user's box), as `TaskRequest.region` says."""
+    request's (the user's box), as `TaskRequest.region` says. The request's options go to
+    the pipeline's constructor (`pipelines.pipeline_options`), its seed to the UNet's noise."""
 
     def run(request: TaskRequest) -> list[TaskOutput]:
-        pipeline = cls(request.bundle.manifest, request.runners)
+        from vitron_rt.runtime.pipelines import pipeline_options
+
+        options = pipeline_options(cls, request.diffusion, request.segmentation, request.seed)
+        pipeline = cls(request.bundle.manifest, request.runners, **options)
         message = replace(request.message, region=back_end_region(request.message, request.region))  # keeps the signal
         extra = {}
         if "seg_signal" in inspect.signature(pipeline.run).parameters:

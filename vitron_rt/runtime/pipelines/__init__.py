@@ -25,8 +25,12 @@ pipelines also take `seg_signal=`, the same tokens projected for the mask decode
 request's files appear together or not at all (`OutputFiles`).
 """
 
+import inspect
+from dataclasses import replace
+from typing import Any
+
 from vitron_rt.runtime.pipelines.base import Output, OutputFiles, PipelineResult
-from vitron_rt.runtime.pipelines.diffusion import DiffusionOptions, EditImagePipeline, GenerateImagePipeline
+from vitron_rt.runtime.pipelines.diffusion import UNET, DiffusionOptions, EditImagePipeline, GenerateImagePipeline
 from vitron_rt.runtime.pipelines.postprocess import mask_logits_to_mask, overlay
 from vitron_rt.runtime.pipelines.runners import RunnerSet
 from vitron_rt.runtime.pipelines.scheduler import DdimConfig, DDIMScheduler
@@ -45,6 +49,25 @@ PIPELINES = {
     )
 }
 
+
+
+def pipeline_options(
+    cls: type, diffusion: DiffusionOptions | None, segmentation: SegmentOptions | None, seed: int | None = None
+) -> dict[str, Any]:
+    """The keyword options for one of `PIPELINES`' classes: `diffusion` for a pipeline that
+    runs the UNet, with `seed` (a request's sampling seed) in place of its own when given;
+    `segmentation` for one that cuts masks (an edit's `segment_options`). None keeps the
+    class's default."""
+    if UNET in getattr(cls, "components", ()):
+        if seed is not None:
+            diffusion = replace(diffusion or DiffusionOptions(), seed=seed)
+        out = {} if diffusion is None else {"options": diffusion}
+        if segmentation is not None and "segment_options" in inspect.signature(cls).parameters:
+            out["segment_options"] = segmentation
+        return out
+    return {} if segmentation is None else {"options": segmentation}
+
+
 __all__ = [
     "PIPELINES",
     "DDIMScheduler",
@@ -62,4 +85,5 @@ __all__ = [
     "SegmentVideoPipeline",
     "mask_logits_to_mask",
     "overlay",
+    "pipeline_options",
 ]
