@@ -89,6 +89,9 @@ def test_understanding_answers_are_true_of_the_scene():
     for s in samples("qa_exist", 40):
         colour, kind = _name(re.search(r"an? \w+ \w+", s.prompt).group(0))
         assert (s.answer == "yes") == (s.scene.count(colour=colour, kind=kind) == 1)
+        # A "yes" is about the shape it names (grounded in training), a "no" about none.
+        named = None if s.answer == "no" else s.scene.shapes[s.shape]
+        assert (s.shape is None) == (s.answer == "no") and (named is None or named.name == f"{colour} {kind}")
     for task, field in (("qa_colour", "colour"), ("qa_kind", "kind")):
         for s in samples(task, 30):
             assert getattr(s.scene.shapes[s.shape], field) == s.answer
@@ -211,11 +214,12 @@ def test_follow_ups_ask_other_true_questions_about_the_same_image():
             assert f == GEN.with_follow_ups(s, 3, i)  # reproducible
             assert dataclasses.replace(f, turns=(), turn_shapes=()) == s  # the sample itself unchanged
             assert len(f.turns) == 3 and len(f.turn_shapes) == 3
-            # A turn's shape is the one its question is about (None: a count or an existence question).
+            # A turn's shape is the one its question is about (None: a count, or an existence
+            # question answered "no").
             for (question, answer), shape in zip(f.turns, f.turn_shapes):
                 if shape is not None:
                     sh = s.scene.shapes[shape]
-                    assert answer in (sh.colour, sh.kind, s.scene.place(shape))
+                    assert answer in (sh.colour, sh.kind, s.scene.place(shape), "yes")
             prompts = [s.prompt] + [q for q, _ in f.turns]
             assert len(set(prompts)) == len(prompts)
             colours = {sh.colour for sh in s.scene.shapes}

@@ -97,6 +97,25 @@ def test_targets_weigh_the_asked_shapes_patches_from_the_answers_query(tok, spec
     assert plain.ground_rows is None and torch.equal(plain.input_ids, batch.input_ids)
 
 
+def test_an_existence_question_is_grounded_on_yes_only(tok, spec):
+    # "Is there a red circle?": a "yes" names one shape, found from the words' last token
+    # (role 1) and read by the answer (role 2); a "no" names none of the scene's.
+    samples = [GEN.sample("qa_exist", i) for i in range(12)]
+    yes = [i for i, s in enumerate(samples) if s.answer == "yes"]
+    assert 0 < len(yes) < len(samples)
+    batch = collate(samples, tok, spec, np.random.default_rng(0), backends=False, ground=True)
+    rows, roles = batch.ground_rows, batch.ground_roles
+    assert set(rows.tolist()) == set(yes)
+    for i in yes:
+        (words,) = [int(batch.ground_queries[g]) for g in range(len(rows)) if rows[g] == i and roles[g] == 1]
+        assert tok.tokenizer.decode([int(batch.input_ids[i, words])]).strip() == samples[i].scene.shapes[
+            samples[i].shape
+        ].kind
+        (read,) = [g for g in range(len(rows)) if rows[g] == i and roles[g] == 2]
+        assert batch.ground_targets[read, words] == 1.0
+        assert batch.labels[i, int(batch.ground_queries[read]) + 1] != IGNORE  # the answer's query
+
+
 def test_head_attention_is_the_decoders_own():
     torch.manual_seed(0)
     hf = VitronModel.from_config(CFG).llm_decoder.model

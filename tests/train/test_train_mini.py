@@ -4,6 +4,7 @@ same bytes, and the loader refuses missing, corrupt or stale files with a clear 
 
 import json
 import shutil
+import zlib
 
 import pytest
 import torch
@@ -85,6 +86,26 @@ def test_same_seed_same_bytes(run, tmp_path):
         torch.set_flush_denormal(False)
     assert again["weights"]["sha256"] == record["weights"]["sha256"]
     assert again["tokenizer"]["sha256"] == record["tokenizer"]["sha256"]
+
+
+def test_another_seed_starts_from_other_weights_and_draws_other_samples(tmp_path, monkeypatch, tok):
+    from vitron_rt.models.model import VitronModel
+    from vitron_rt.train.trainer import Trainer
+
+    seeds, real = [], VitronModel.from_config.__func__
+    built = classmethod(lambda cls, cfg: seeds.append(cfg.seed) or real(cls, cfg))
+    monkeypatch.setattr(VitronModel, "from_config", built)
+    mini.train(tmp_path, seed=1, steps=ONE_STEP, threads=1, log=lambda m: None, stages=SMALL)
+    assert seeds == [1]
+    model = real(VitronModel, CFG)
+    stage = STAGES["instruction"]
+    zero, one = Trainer(model, tok, seed=0), Trainer(model, tok, seed=1)
+    first = [s.prompt for s in zero.samples(stage, 0)]
+    assert first != [s.prompt for s in one.samples(stage, 0)]
+    # Seed 0 draws the indices it drew before the seed took part (the shipped run's data).
+    base = (zlib.crc32(b"instruction") & 0xFFFF) << 32
+    plain = stage.replace(bucket_by_media=False, follow_ups=0)
+    assert zero.samples(plain, 1)[0] == zero.tasks.mixed(stage.mix, base + stage.batch_size)
 
 
 def test_the_module_runs_and_installs(tmp_path, monkeypatch):

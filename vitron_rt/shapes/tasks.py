@@ -285,9 +285,11 @@ def _qa_count(ctx: TaskContext) -> Sample:
 @register_task("qa_exist", "understand", "image")
 def _qa_exist(ctx: TaskContext) -> Sample:
     scene = ctx.scene()
-    s = scene.shapes[_target(ctx, scene)]
+    i = _target(ctx, scene)
+    s = scene.shapes[i]
+    shape = None  # a "no" is about no shape of the scene; a "yes" about the one it names
     if ctx.rng.random() < 0.5:
-        colour, kind, answer = s.colour, s.kind, "yes"
+        colour, kind, answer, shape = s.colour, s.kind, "yes", i
     else:
         # A near miss: the right colour with another kind, or the right kind in another colour.
         pairs = {(x.colour, x.kind) for x in scene.shapes}
@@ -296,7 +298,7 @@ def _qa_exist(ctx: TaskContext) -> Sample:
         colour, kind = misses[int(ctx.rng.integers(len(misses)))]
         answer = "no"
     prompt = ctx.pick(T.QA_EXIST).format(shape=T.article(f"{colour} {kind}"))
-    return ctx.sample(prompt, answer, answer, scene=scene)
+    return ctx.sample(prompt, answer, answer, scene=scene, shape=shape)
 
 
 def _region_sample(ctx: TaskContext, templates, answer_of) -> Sample:
@@ -573,7 +575,9 @@ MIXES: dict[str, dict[str, float]] = {"alignment": ALIGNMENT_MIX, "instruction":
 def _question(sample: Sample) -> tuple:
     """What a question asks, its wording aside: the task and the shape it is about, or
     (a count, an existence question) the task and its answer."""
-    return (sample.task, sample.shape) if sample.shape is not None else (sample.task, sample.label)
+    if sample.shape is None or sample.task == "qa_exist":
+        return (sample.task, sample.label)
+    return (sample.task, sample.shape)
 
 
 class TaskError(RuntimeError):

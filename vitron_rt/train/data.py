@@ -516,7 +516,9 @@ def _reference_end(
     `shape` (`templates.referring_expressions`) in a question's `text` (encoded from
     position `start`), or None when the question names the shape otherwise (a region)."""
     lower = text.lower()
-    found = [r for r in referring_expressions(sample.scene, shape) if r in lower]
+    refs = referring_expressions(sample.scene, shape)
+    # An existence question names its shape without the article: "is there a red circle?".
+    found = [r for r in (*refs, refs[0].removeprefix("the ")) if r in lower]
     if not found:
         return None
     ref = max(found, key=len)

@@ -1,8 +1,9 @@
 """Grounding: the LLM taught to find the shape a question is about and to carry what it is.
 
-A question about one shape among several ("What colour is the triangle?") is answered by
-the position before the answer, which must find the triangle's patches among the image's
-64 rows and read them. A 4-layer LLM trained from scratch learns that selection slowly
+A question about one shape among several ("What colour is the triangle?"; an existence
+question answered "yes", "Is there a red circle?", is about the shape it names) is
+answered by the position before the answer, which must find the triangle's patches among
+the image's 64 rows and read them. A 4-layer LLM trained from scratch learns that selection slowly
 (see the README: with perfect patches it still picked one shape of several barely above
 chance after hundreds of steps). ShapesWorld knows where every shape is, so a stage can
 say it (a `ground` loss weight; `stages.Stage.ground_*` pick the heads): one head, at the

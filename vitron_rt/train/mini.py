@@ -25,6 +25,7 @@ It writes into --out:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -44,19 +45,22 @@ from vitron_rt.train.stages import STAGES, Stage
 # SHARES); then trimmed by measured full runs on 2 threads of an otherwise idle machine.
 # The run that wrote the shipped weights (stage seconds include building the batches):
 #   stage           batch  steps  measured s   note
-#   autoencoder         4    850       196     80 at batch 16 before: the VAE lost shapes
-#   perception         24   1000       127     vision tower head
-#   seg_perception     24    270        90     SAM encoder head
-#   backends           16    260       342     text to image weighs 3 in its mix
-#   invocation         16    300        84     text-only requests: the LLM learns to copy
-#   alignment          16    230       142     vision tower frozen from here on; + words
-#   instruction        16    520       348     LLM loss + words + signal alignment, 3 follow-ups
-#   pixel               8    250       150
-# 24.8 minutes in all, tokenizer and saving included (the 30 allowed), on an idle machine;
-# repeated the same day, 27.8 (byte-identical weights): leave ~2 minutes of margin. With
-# `ground_words` and `region_words` (the shipped run since), on a day the same machine ran
-# ~12 % slower: 216, 149, 103, 383, 96, 160, 400 and 171 s, 28.1 minutes.
-# The shipped run before it (backends 215 at weight 1, the same other steps) took 28.2
+#   autoencoder         4    650       152     80 at batch 16 once: the VAE lost shapes
+#   perception         24    900       133     vision tower head
+#   seg_perception     24    270       109     SAM encoder head
+#   backends           16    230       329     text to image weighs 3 in its mix
+#   invocation         16    300        93     text-only requests: the LLM learns to copy
+#   alignment          16    230       153     vision tower frozen from here on; + words
+#   instruction        16    720       490     LLM loss + words + signal alignment + grounding,
+#                                              3 follow-ups, video at half weight
+#   pixel               8    220       139
+# 26.7 minutes in all, tokenizer and saving included (the 30 allowed), on 2 threads of an
+# otherwise idle machine. The same stages with instruction 780, autoencoder 750 and
+# backends 260, pixel 250 took 31.5 (~1.5 min of it test runs beside it); the recipe
+# before (autoencoder 850, perception 1000, backends 260, instruction 520 with video at
+# full weight, pixel 250) 28.1 on a slow day and 24.8 on an idle one (27.8 repeated the
+# same day, byte-identical weights): leave ~2 minutes of margin.
+# An older shipped run (backends 215 at weight 1, the recipe of 24.8 min otherwise) took 28.2
 # with ~85 s of test runs beside its first two stages (autoencoder 261 s, perception 180;
 # without the word objective, 199 and 153 s, 28.0 min). A recipe with autoencoder 1000,
 # seg_perception 300, backends 240 and alignment 240 took 31.1 minutes the same day (the
@@ -65,14 +69,14 @@ from vitron_rt.train.stages import STAGES, Stage
 # minutes and scored better on segmentation than the recipe of its day (probe mIoU 0.55 /
 # 0.61 / 0.68 against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
-    "autoencoder": 850,
-    "perception": 1000,
+    "autoencoder": 650,
+    "perception": 900,
     "seg_perception": 270,
-    "backends": 260,
+    "backends": 230,
     "invocation": 300,
     "alignment": 230,
-    "instruction": 520,
-    "pixel": 250,
+    "instruction": 720,
+    "pixel": 220,
 }
 # Storage of the shipped weights (`vitron_rt.models.shipped`): name prefix -> scheme, int8
 # per output channel for every matrix not named. See the module docstring of shipped.py.
@@ -124,7 +128,7 @@ def _train(
     def say(msg: str) -> None:
         log(f"[{time.perf_counter() - start:7.1f} s] {msg}")
 
-    cfg = preset(NAME)
+    cfg = dataclasses.replace(preset(NAME), seed=seed)  # the initial weights are the seed's too
     tokenizer = shapes_tokenizer(cfg.llm.vocab_size, cfg.signal.num_tokens, cfg.video_frames)
     say(f"tokenizer: {tokenizer.vocab_size} entries")
     trainer = Trainer(VitronModel.from_config(cfg), tokenizer, seed=seed)
@@ -212,7 +216,9 @@ def _mean_losses(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitron_rt.train.mini", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("mini-train"), help="folder for the weights and the log")
-    parser.add_argument("--seed", type=int, default=0, help="data order, noise and code encoders (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initial weights, data, noise and code encoders (default 0)"
+    )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every stage's step count (0.01: a quick run of a few steps)"
     )

@@ -155,7 +155,8 @@ class Trainer:
 
     def samples(self, stage: Stage, step: int) -> list[Sample]:
         """The step's samples: `batch_size` draws from the stage's mix (from one media
-        bucket when the stage buckets), at indices no other stage or step uses."""
+        bucket when the stage buckets), at indices no other stage, step or seed uses (seed 0's
+        are those of the runs before the seed took part)."""
         mix = stage.mix
         if stage.bucket_by_media:
             video = {t: w for t, w in mix.items() if TASKS[t].media == "video"}
@@ -163,7 +164,7 @@ class Trainer:
             if video and still:
                 share = sum(video.values()) / sum(mix.values())
                 mix = video if self._rng(stage, step, "bucket").random() < share else still
-        base = (zlib.crc32(stage.name.encode()) & 0xFFFF) << 32
+        base = (self.seed << 48) + ((zlib.crc32(stage.name.encode()) & 0xFFFF) << 32)
         first = base + step * stage.batch_size
         samples = [self.tasks.mixed(mix, first + j) for j in range(stage.batch_size)]
         if stage.follow_ups:

@@ -21,7 +21,8 @@ from vitron_rt.runtime.pipelines import (
 from vitron_rt.runtime.pipelines.base import Clock
 from vitron_rt.runtime.pipelines.diffusion import Denoiser, Inpainter, seg_signal_for
 
-FAST = DiffusionOptions(num_inference_steps=6)
+# An edit below full strength: its masked region starts from the input's noised latents.
+FAST = DiffusionOptions(num_inference_steps=6, strength=0.8)
 EDIT_REGION = (0.3, 0.1, 0.7, 0.6)
 
 
@@ -154,6 +155,12 @@ def test_edit_changes_only_the_masked_pixels(bundle, runners, astronaut, tmp_pat
     assert result.info["edited"] and result.info["unet_calls"] == int(6 * 0.8)
     assert {"seg_image_encoder", "seg_mask_decoder", "vae_encoder", "unet", "unet_per_call", "vae_decoder",
             "preprocess", "postprocess", "write", "load"} == set(timings)
+    # The default redraws the masked region from pure noise, every step (inpainting's default).
+    full = DiffusionOptions(num_inference_steps=6)
+    assert full.strength == 1.0
+    again = EditImagePipeline(bundle.manifest, runners, full).run(edit_message(), signal(), astronaut, tmp_path / "full")
+    assert again.info["unet_calls"] == 6
+    np.testing.assert_array_equal(load_image(again.path("image"))[~mask], original[~mask])
 
 
 def test_an_empty_mask_edits_nothing(bundle, runners, astronaut, tmp_path):
