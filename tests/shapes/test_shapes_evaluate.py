@@ -3,6 +3,7 @@ and a run of a few samples through ONNX Runtime with the PyTorch reference besid
 
 import inspect
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +83,16 @@ def test_scoring_against_the_ground_truth():
     assert ev.score(vedit, _outcome(module="edit_video", picture=vedit.target), JUDGE).correct
 
 
+def test_token_agreement_counts_positions_over_the_longer_reply():
+    def said(ids):
+        return ev.Outcome(text="", module=None, parse_error=None, result=SimpleNamespace(token_ids=ids))
+
+    assert ev.agreement(said([5, 6, 7, 2]), said([5, 6, 7, 2]))["token_agreement"] == 1.0
+    assert ev.agreement(said([5, 6, 7, 2]), said([5, 9, 7]))["token_agreement"] == 0.5
+    assert ev.agreement(said([]), said([]))["token_agreement"] == 1.0
+    assert "token_agreement" not in ev.agreement(said([1]), ev.Outcome("", None, None, None))
+
+
 def test_markdown_table_reads_the_rows():
     report = {
         "bundle": "B", "source": {"preset": "mini", "weights_sha256": "ab" * 32}, "seed": 1,
@@ -91,10 +102,11 @@ def test_markdown_table_reads_the_rows():
              "pytorch": {"accuracy": 0.5}, "agreement": {"same_text": 1.0, "same_verdict": 1.0}},
             {"cluster": "seg_video", "title": "seg video", "metric": "J&F (J / F)", "n": 1,
              "ort": {"j": 0.8, "f": 0.6, "jf": 0.7}, "pytorch": {"j": 0.8, "f": 0.6, "jf": 0.7},
-             "agreement": {"same_text": 1.0, "mask_iou": 0.9995}},
+             "agreement": {"same_text": 1.0, "token_agreement": 0.875, "mask_iou": 0.9995}},
         ],
     }  # fmt: skip
     md = ev.render_markdown(report)
+    assert "replies identical 100.0 %, tokens agree 87.5 %, mask IoU 0.9995" in md
     assert "| image QA | 2 | exact match | 50.0 % | 50.0 % | replies identical 100.0 %, verdicts agree 100.0 % |" in md
     assert "0.700 (0.800 / 0.600)" in md and "mask IoU 0.9995" in md and "weights sha256 abababababab" in md
 
@@ -118,6 +130,7 @@ def test_a_few_samples_through_both_runtimes(mini_export, tmp_path):
     for s in report["samples"]:
         # Greedy decoding of the same weights: the exported graphs must not change a token.
         assert s["agreement"]["same_text"] == 1.0, (s["ort"]["text"], s["pytorch"]["text"])
+        assert s["agreement"]["token_agreement"] == 1.0
     ev.write_report(report, tmp_path / "r.json", tmp_path / "r.md")
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == report["rows"]
     assert (tmp_path / "r.md").read_text() == ev.render_markdown(report)

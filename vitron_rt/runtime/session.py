@@ -87,10 +87,12 @@ class RunResult:
     # encoder cache hits, where the signal states came from.
     debug: dict[str, Any] = field(default_factory=dict)
     conditioning: np.ndarray | None = None  # (1, K, C) the signal projector's output
+    token_ids: list[int] = field(default_factory=list)  # the generated ids, EOS (if any) included
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
+            "token_ids": list(self.token_ids),
             "message": None if self.message is None else self.message.to_dict(),
             "outputs": [o.to_dict() for o in self.outputs],
             "usage": self.usage.to_dict(),
@@ -474,6 +476,7 @@ class Conversation:
             notes=req.notes,
             debug=req.debug,
             conditioning=conditioning,
+            token_ids=list(result.token_ids),
         )
 
     def _front_end(

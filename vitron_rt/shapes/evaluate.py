@@ -317,9 +317,14 @@ def _labels(judge: ShapeJudge, pixels: np.ndarray) -> np.ndarray:
 
 
 def agreement(a: Outcome, b: Outcome) -> dict[str, float]:
-    """How two runtimes' outcomes of one sample agree: identical reply text, same
-    verdict, mask IoU and squared error of the pictures (when both have them)."""
+    """How two runtimes' outcomes of one sample agree: identical reply text, the share of
+    generated positions with the same token (over the longer reply), same verdict, mask IoU
+    and squared error of the pictures (when both have them)."""
     row: dict[str, float] = {"same_text": float(a.text == b.text), "same_module": float(a.module == b.module)}
+    if a.result is not None and b.result is not None:
+        x, y = a.result.token_ids, b.result.token_ids
+        n = max(len(x), len(y))
+        row["token_agreement"] = sum(i == j for i, j in zip(x, y)) / n if n else 1.0
     if a.correct is not None and b.correct is not None:
         row["same_verdict"] = float(a.correct == b.correct)
     if a.mask is not None and b.mask is not None and a.mask.shape == b.mask.shape:
@@ -381,6 +386,7 @@ def _agreement_column(records: Sequence[SampleRecord]) -> dict[str, float | None
     rows = [r.agreement for r in records]
     out = {
         "same_text": _mean(r["same_text"] for r in rows),
+        "token_agreement": _mean(r.get("token_agreement") for r in rows),
         "same_verdict": _mean(r.get("same_verdict") for r in rows),
         "mask_iou": _mean(r.get("mask_iou") for r in rows),
     }
@@ -443,11 +449,13 @@ def format_cell(cluster: str, col: Mapping[str, float | None]) -> str:
 
 
 def format_agreement(col: Mapping[str, float | None]) -> str:
-    """The ORT-vs-PyTorch cell: identical replies, then what the cluster has of verdicts,
-    mask IoU and picture PSNR."""
+    """The ORT-vs-PyTorch cell: identical replies and tokens, then what the cluster has of
+    verdicts, mask IoU and picture PSNR."""
     parts = []
     if "same_text" in col:
         parts.append(f"replies identical {_pct(col['same_text'])}")
+    if col.get("token_agreement") is not None:
+        parts.append(f"tokens agree {_pct(col['token_agreement'])}")
     if "same_module" in col and "same_text" not in col:
         parts.append(f"same module {_pct(col['same_module'])}")
     if col.get("same_verdict") is not None:
