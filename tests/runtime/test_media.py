@@ -347,6 +347,19 @@ def test_video_writer_pads_odd_sizes(tmp_path):
         assert (r.frame_count, r.width, r.height) == (3, 66, 50)
 
 
+def test_lossless_video_keeps_every_value(tmp_path):
+    from vitron_rt.runtime.media import LOSSLESS_FOURCC
+
+    out, frames = tmp_path / "odd.mkv", _frames(3, 65, 49)
+    with VideoWriter(out, fps=5, fourcc=LOSSLESS_FOURCC) as w:
+        for f in frames:
+            w.write(f)
+    with VideoReader(out) as r:
+        assert (r.frame_count, r.width, r.height) == (3, 66, 50)  # padded as every writer pads
+        back = np.stack(list(r))
+    np.testing.assert_array_equal(back[:, :49, :65], np.stack(frames))
+
+
 def test_video_writer_failure_leaves_nothing(tmp_path):
     out = tmp_path / "result.mp4"
     with pytest.raises(RuntimeError, match="pipeline failed"):

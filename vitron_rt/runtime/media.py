@@ -457,6 +457,10 @@ def write_png_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
     return target
 
 
+# Lossless video (FFmpeg's FFV1, in a Matroska .mkv): exact RGB frames, e.g. masks.
+LOSSLESS_FOURCC = "FFV1"
+
+
 class VideoWriter:
     """Writes RGB frames to a video file (MP4, MPEG-4 Part 2 "mp4v": the encoder every
     OpenCV build has), atomically: frames go to a hidden temporary file beside the target,
@@ -465,7 +469,8 @@ class VideoWriter:
 
     The frame size is fixed by `frame_size` (width, height) or by the first frame. MPEG-4
     Part 2 needs even sides (OpenCV's encoder would silently crop an odd one), so an odd
-    width or height is padded by one replicated pixel column or row.
+    width or height is padded by one replicated pixel column or row (FFV1 too: OpenCV's
+    writer would crop it as well).
     """
 
     def __init__(

@@ -10,12 +10,8 @@
 A sample's prompt goes in exactly as a user types it (the runtime adds the image and
 region placeholders); the model's own hybrid message decides which back end runs, so a
 reply that does not parse, or names another module, scores as a miss. Videos are
-written losslessly (FFV1), so both runtimes and the ground truth see the same pixels.
-
-The runtime writes a segmented video as an overlay MP4 only (lossy, blended); the
-per-frame masks are read back by running the runtime's own `Segmenter` steps again on
-the session's runners, with the request's conditioning and region, as the
-segment_video pipeline does (the previous frame's logits prompt the next).
+written losslessly (FFV1), so both runtimes and the ground truth see the same pixels;
+a segmented video's masks come back the same way (segment_video's `masks.mkv`).
 """
 
 from __future__ import annotations
@@ -33,11 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from vitron_rt.runtime.media import VideoReader, VideoWriter, load_image
-from vitron_rt.runtime.messages import back_end_region, parse
-from vitron_rt.runtime.pipelines.base import Clock
-from vitron_rt.runtime.pipelines.segmentation import Segmenter
-from vitron_rt.runtime.region import Box
+from vitron_rt.runtime.media import LOSSLESS_FOURCC, VideoReader, VideoWriter, load_image
+from vitron_rt.runtime.messages import parse
+from vitron_rt.runtime.pipelines.video import read_masks
 from vitron_rt.runtime.sampling import SamplingParams
 from vitron_rt.runtime.session import RunResult, Session
 from vitron_rt.shapes import metrics
@@ -51,7 +45,7 @@ from vitron_rt.shapes.world import ShapesWorld
 TRAINING_WORLD_SEED = 0
 EVAL_WORLD_SEED = 1
 # Input videos: lossless, so the model sees the rendered frames exactly.
-VIDEO_FOURCC, VIDEO_SUFFIX, VIDEO_FPS = "FFV1", ".mkv", 8.0
+VIDEO_FOURCC, VIDEO_SUFFIX, VIDEO_FPS = LOSSLESS_FOURCC, ".mkv", 8.0
 # Longest reply of the tasks (a two-shape generation message with its signal tokens is
 # about 60 tokens), with room for a model that rambles before it stops.
 MAX_NEW_TOKENS = 96
@@ -216,22 +210,6 @@ def _output(result: RunResult, kind: str, name: str | None = None) -> Path | Non
     return None
 
 
-def track_masks(
-    session: Session, result: RunResult, frames: np.ndarray, user_region: Box | None = None
-) -> np.ndarray:
-    """(T, H, W) bool: the segment_video request's mask in every frame (see the module
-    docstring), through the session's runners; the message's region, else the user's box,
-    as the runtime gives its back ends."""
-    seg = Segmenter(session.manifest, session.runners)
-    region = back_end_region(result.message, user_region)
-    clock, previous, masks = Clock(), None, []
-    for frame in frames:
-        mask, decoded = seg.segment(frame, result.conditioning, region, clock, previous=previous)
-        previous = decoded.logits
-        masks.append(mask)
-    return np.stack(masks)
-
-
 def run_sample(
     session: Session, sample: Sample, inputs: Inputs, out_dir: Path, max_new_tokens: int = MAX_NEW_TOKENS
 ) -> Outcome:
@@ -251,9 +229,9 @@ def run_sample(
     module = None if parsed.message is None else parsed.message.module
     outcome = Outcome(text=result.text, module=module, parse_error=parsed.error, result=result, wall_ms=wall_ms)
     ran = None if result.message is None or not result.outputs else result.message.module  # the back end that wrote
-    if ran == "segment_video" and inputs.frames is not None:
-        outcome.mask = track_masks(session, result, inputs.frames, sample.region)
-    elif (path := _output(result, "mask")) is not None:
+    if (path := _output(result, "mask")) is not None and ran == "segment_video":
+        outcome.mask = read_masks(path, None if inputs.frames is None else inputs.frames.shape[1:3])
+    elif path is not None:
         outcome.mask = load_image(path)[..., 0] > 127
     if ran in ("generate_image", "edit_image"):
         path = _output(result, "image", "image.png" if ran == "generate_image" else "edited.png")

@@ -16,6 +16,7 @@ from vitron_rt.runtime.errors import MediaError
 from vitron_rt.runtime.media import VideoReader, VideoWriter
 from vitron_rt.runtime.messages import HybridMessage
 from vitron_rt.runtime.pipelines import DiffusionOptions, EditVideoPipeline, SegmentVideoPipeline
+from vitron_rt.runtime.pipelines.video import read_masks
 
 REGION = (0.3, 0.1, 0.7, 0.9)
 STREAM_KEYS = {"decode", "encode", "stream", "frame_latency_mean", "frame_latency_p50", "frame_latency_max"}
@@ -36,9 +37,17 @@ def test_segment_video_tracks_the_mask_from_frame_to_frame(bundle, runners, bunn
     timings: dict[str, float] = {}
     result = SegmentVideoPipeline(bundle.manifest, pipe_runners).run(message(), signal(), bunny_clip, tmp_path, timings)
 
-    assert [o.to_dict() for o in result.outputs] == [{"kind": "video", "path": str(tmp_path / "overlay.mp4")}]
-    assert visible_and_hidden(tmp_path) == ["overlay.mp4"]
+    assert [o.to_dict() for o in result.outputs] == [
+        {"kind": "video", "path": str(tmp_path / "overlay.mp4")},
+        {"kind": "mask", "path": str(tmp_path / "masks.mkv")},
+    ]
+    assert visible_and_hidden(tmp_path) == ["masks.mkv", "overlay.mp4"]
     assert video_facts(result.path("video")) == (CLIP_FRAMES, 25.0, (1280, 720))
+    # The masks, exact: each frame's area is the one the pipeline measured.
+    masks = read_masks(result.path("mask"))
+    assert masks.shape == (CLIP_FRAMES, 720, 1280) and masks.dtype == bool
+    np.testing.assert_allclose(masks.mean(axis=(1, 2)), result.info["mask_fraction"], atol=1e-6)
+    assert 0 < masks.mean() < 1
     assert result.info["frames"] == CLIP_FRAMES and result.info["fps"] == 25.0
     assert len(result.info["mask_fraction"]) == len(result.info["iou_score"]) == CLIP_FRAMES
     assert set(timings) == STREAM_KEYS | {"preprocess", "seg_image_encoder", "seg_mask_decoder", "postprocess"}

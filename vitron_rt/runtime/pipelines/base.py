@@ -124,10 +124,10 @@ class OutputFiles:
         write_png_atomic(staged, img)
         return self.out_dir / name
 
-    def video(self, name: str, fps: float, kind: str = "video") -> VideoWriter:
-        """A `VideoWriter` on a staged file; `close()` it (frame-count check) before the
-        block ends. Writers still open at an error are aborted."""
-        writer = VideoWriter(self._stage(name, kind), fps)
+    def video(self, name: str, fps: float, kind: str = "video", fourcc: str = "mp4v") -> VideoWriter:
+        """A `VideoWriter` (`fourcc`) on a staged file; `close()` it (frame-count check)
+        before the block ends. Writers still open at an error are aborted."""
+        writer = VideoWriter(self._stage(name, kind), fps, fourcc=fourcc)
         self._writers.append(writer)
         return writer
 

@@ -2,8 +2,8 @@
 
     segment_video:
     decode ─► preprocess ─► seg_image_encoder ─► seg_mask_decoder ─► postprocess ─► encode
-     frames    (1,3,S,S)       (1,C,E,E)          logits carried      mask, overlay   overlay.mp4
-                                                   to the next frame
+     frames    (1,3,S,S)       (1,C,E,E)          logits carried      mask, overlay   overlay.mp4,
+                                                   to the next frame                  masks.mkv
 
     edit_video:
     decode ─► preprocess ─► seg_image_encoder ─► seg_mask_decoder ─► mask ─► vae_encoder
@@ -37,7 +37,7 @@ import numpy as np
 
 from vitron_rt.bundle import Manifest
 from vitron_rt.engines import Runner
-from vitron_rt.runtime.media import VideoReader
+from vitron_rt.runtime.media import LOSSLESS_FOURCC, VideoReader
 from vitron_rt.runtime.pipelines.base import Clock, OutputFiles, PipelineResult, message_region, publish
 from vitron_rt.runtime.pipelines.diffusion import (
     UNET,
@@ -53,6 +53,16 @@ from vitron_rt.runtime.pipelines.stages import DEFAULT_MAXSIZE, StreamStats, run
 
 # A container that reports no frame rate gets this one (the common rate of web video).
 FALLBACK_FPS = 25.0
+# segment_video's per-frame masks (`SegmentVideoPipeline`, `read_masks`).
+MASKS_NAME = "masks.mkv"
+
+
+def read_masks(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(T, H, W) bool: the masks segment_video wrote to `path` (`MASKS_NAME`), cut to
+    `size` (H, W), the input video's, when given (an odd side was padded)."""
+    with VideoReader(path) as reader:
+        masks = np.stack([frame[..., 0] > 127 for frame in reader])
+    return masks if size is None else masks[:, : size[0], : size[1]]
 
 
 @dataclass
@@ -116,9 +126,13 @@ def _stream_info(stats: StreamStats, fps: float, reader: VideoReader) -> dict[st
 
 
 class SegmentVideoPipeline:
-    """segment_video: an overlay MP4 of the tracked mask, the input's frame count and fps.
+    """segment_video: an overlay MP4 of the tracked mask, the input's frame count and fps,
+    and the masks themselves, exact.
 
-    Outputs `overlay.mp4` (kind video); timings per stage (`decode`, `preprocess`,
+    Outputs `overlay.mp4` (kind video) and `masks.mkv` (kind mask: each frame's mask as
+    0 / 255 in every channel, lossless FFV1, an odd side padded by one repeated row or
+    column like every video written here; `read_masks` reads it back as (T, H, W) bool);
+    timings per stage (`decode`, `preprocess`,
     `seg_image_encoder`, `seg_mask_decoder`, `postprocess`, `encode`, each summed over
     frames), `stream` (wall time) and `frame_latency_mean/p50/max`; info `frames`, `fps`,
     `throughput_fps`, `peak_frames_in_flight`, and per frame `mask_fraction`, `iou_score`.
@@ -164,13 +178,18 @@ class SegmentVideoPipeline:
 
             def postprocess(f: _Frame) -> _Frame:
                 # The decoded frame is this stage's alone: the overlay goes into it in place.
-                mask = seg.postprocess_onto(f.logits, f.image, opts)
-                fractions.append(float(mask.mean()))
+                f.mask = seg.postprocess_onto(f.logits, f.image, opts)
+                fractions.append(float(f.mask.mean()))
                 f.out, f.image, f.logits = f.image, None, None
                 return f
 
+            def encode(f: _Frame) -> None:
+                writer.write(f.out)
+                masks.write(np.repeat(f.mask[..., None].astype(np.uint8) * 255, 3, axis=2))
+
             with OutputFiles(out_dir) as files:
                 writer = files.video("overlay.mp4", fps)
+                masks = files.video(MASKS_NAME, fps, kind="mask", fourcc=LOSSLESS_FOURCC)
                 stats = run_stages(
                     (_Frame(image) for image in reader),
                     [
@@ -178,11 +197,12 @@ class SegmentVideoPipeline:
                         (SEG_ENCODER, encode_image),
                         (SEG_DECODER, tracker),
                         ("postprocess", postprocess),
-                        ("encode", lambda f: writer.write(f.out)),
+                        ("encode", encode),
                     ],
                     maxsize=self.maxsize,
                 )
                 writer.close()
+                masks.close()
         info = _stream_info(stats, fps, reader) | {
             "mask_fraction": [round(v, 6) for v in fractions],
             "iou_score": [round(v, 6) for v in tracker.ious],
