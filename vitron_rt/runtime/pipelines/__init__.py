@@ -50,7 +50,6 @@ PIPELINES = {
 }
 
 
-
 def pipeline_options(
     cls: type, diffusion: DiffusionOptions | None, segmentation: SegmentOptions | None, seed: int | None = None
 ) -> dict[str, Any]:
