@@ -300,6 +300,20 @@ def test_registered_pipeline_gets_the_request(tiny, no_pipelines, tmp_path):
     assert wrong.outputs == [] and any("works on an image" in n for n in wrong.notes)
 
 
+def _request_without_a_bundle(message: HybridMessage, tmp_path, **kw) -> TaskRequest:
+    """A request for an adapted pipeline class that reads nothing of the bundle."""
+    return TaskRequest(
+        module=message.module,
+        message=message,
+        conditioning=np.zeros((1, 2, 4), np.float32),
+        out_dir=tmp_path,
+        bundle=SimpleNamespace(manifest=None),
+        runners={},
+        image_path=tmp_path / "x.png",
+        **kw,
+    )
+
+
 def test_adapted_pipeline_gets_the_users_box_when_the_message_names_none(tmp_path):
     seen = []
 
@@ -317,17 +331,8 @@ def test_adapted_pipeline_gets_the_users_box_when_the_message_names_none(tmp_pat
     boxed = HybridMessage("segment_image", ("the red circle",), region=(0.5, 0.5, 0.9, 0.9)).with_signal(signal)
     user_box = (0.1, 0.2, 0.3, 0.4)
     for message in (bare, boxed):
-        request = TaskRequest(
-            module="segment_image",
-            message=message,
-            conditioning=np.zeros((1, 2, 4), np.float32),
-            out_dir=tmp_path,
-            bundle=SimpleNamespace(manifest=None),
-            runners={},
-            image_path=tmp_path / "x.png",
-            region=message.region if message.region is not None else user_box,
-        )
-        assert run(request) == []
+        region = message.region if message.region is not None else user_box
+        assert run(_request_without_a_bundle(message, tmp_path, region=region)) == []
     (no_region, own_region) = seen
     assert no_region.region == (0.1, 0.2, 0.3, 0.4) and no_region.instructions == ("the red circle",)
     assert no_region.signal is signal  # the signal tokens ride along
@@ -358,16 +363,7 @@ def test_adapted_pipelines_get_the_sessions_options_and_the_requests_seed(tmp_pa
     message = HybridMessage("edit_image", ("make it blue",)).with_signal(np.ones((2, 8), np.float32))
 
     def request(**kw):
-        return TaskRequest(
-            module="edit_image",
-            message=message,
-            conditioning=np.zeros((1, 2, 4), np.float32),
-            out_dir=tmp_path,
-            bundle=SimpleNamespace(manifest=None),
-            runners={},
-            image_path=tmp_path / "x.png",
-            **kw,
-        )
+        return _request_without_a_bundle(message, tmp_path, **kw)
 
     for cls in (Draws, Cuts):
         run = tasks._adapt(cls)
