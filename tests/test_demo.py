@@ -36,7 +36,7 @@ def test_tiny_demo_runs_every_task(tiny_bundle, tmp_path, capsys):
     assert kinds["segment_image"] == ["image", "mask"]
     assert kinds["generate_image"] == ["image"]
     assert kinds["edit_image"] == ["image", "mask"]
-    assert kinds["segment_video"] == ["video"] and kinds["edit_video"] == ["video"]
+    assert kinds["segment_video"] == ["mask", "video"] and kinds["edit_video"] == ["video"]
     # The overlay video keeps the input's frame count.
     _, video = demo.demo_media()
     src, dst = cv2.VideoCapture(str(video)), cv2.VideoCapture(by_task["segment_video"]["outputs"][0]["path"])

@@ -154,7 +154,8 @@ def test_video_segmentation_through_chat_and_task(server, tmp_path):
     reply = c.post("/segment", cast_to=object, body={"prompt": "the moving thing", "video": video_url,
                                                      "max_tokens": 4})
     assert reply["task"] == "segment_video"
-    (video,) = reply["vitron"]["artifacts"]
+    video, masks = reply["vitron"]["artifacts"]  # the overlay, and the per-frame masks
+    assert (video["kind"], masks["kind"], masks["name"]) == ("video", "mask", "masks.mkv")
     status, ctype, body = get_bytes(video["url"])
     assert status == 200 and ctype == "video/mp4" and len(body) == video["bytes"]
     out = tmp_path / "out.mp4"
@@ -166,7 +167,7 @@ def test_video_segmentation_through_chat_and_task(server, tmp_path):
                                              {"type": "text", "text": "Track the thing."}]}]
     chat = c.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0,
                                      extra_body={"vitron": {"task": "segment"}})
-    assert chat.vitron["message"]["module"] == "segment_video" and len(chat.vitron["artifacts"]) == 1
+    assert chat.vitron["message"]["module"] == "segment_video" and len(chat.vitron["artifacts"]) == 2
     # The inline video was written to the server's scratch folder for the reader, and removed.
     uploads = server.app.state.vitron.store.uploads
     assert not uploads.exists() or not any(uploads.iterdir())

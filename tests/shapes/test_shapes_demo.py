@@ -7,6 +7,7 @@ import shutil
 import cv2
 
 from vitron_rt import demo
+from vitron_rt.runtime.media import VideoReader
 from vitron_rt.shapes import sheet
 from vitron_rt.shapes.tasks import TASKS
 
@@ -28,8 +29,11 @@ def test_mini_demo(mini_bundle, tmp_path, capsys):
         # Whatever the model decided to call, what it wrote is on disk and reported.
         for o in s["outputs"]:
             assert o["path"] in printed
-            if o["kind"] != "video":
+            if o["path"].endswith(".png"):
                 assert cv2.imread(o["path"]) is not None
+            else:  # a video, or a video's masks
+                with VideoReader(o["path"]) as reader:
+                    assert reader.frame_count > 0
         if s["module"] == task.module and task.module != "understand":
             assert s["outputs"], f"{s['task']}: the reply called {task.module} but nothing was written"
     # One tile per request, three to a row.
