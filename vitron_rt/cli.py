@@ -365,7 +365,10 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     )
     diffusion.add_argument("--guidance-scale", type=float, metavar="G", help="classifier-free guidance (default 1)")
     diffusion.add_argument(
-        "--strength", type=float, metavar="S", help="how far an edit noises its input, in (0, 1] (default 1: redrawn inside the mask)"
+        "--strength",
+        type=float,
+        metavar="S",
+        help="how far an edit noises its input, in (0, 1] (default 1: redrawn inside the mask)",
     )
     _add_engine(p)
     p.add_argument(

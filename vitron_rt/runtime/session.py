@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from vitron_rt.runtime.prefill import (
 from vitron_rt.runtime.sampling import SamplingParams
 from vitron_rt.runtime.tasks import MEDIA_NEEDED, TaskOutput, TaskRequest, get_pipeline, resolve_task
 from vitron_rt.runtime.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # the pipelines package loads on a session's first back end
+    from vitron_rt.runtime.pipelines import DiffusionOptions, SegmentOptions
 
 # The decoder variant with a shared past/present KV buffer (export/llm_gqa.py).
 SHARED_KV_VARIANT = "ort-gqa"
@@ -143,8 +146,8 @@ class Session:
         io_binding: bool = True,
         shared_kv: bool = True,
         quant: str | None = None,
-        diffusion: Any = None,
-        segmentation: Any = None,
+        diffusion: DiffusionOptions | None = None,
+        segmentation: SegmentOptions | None = None,
     ):
         if engine not in ENGINES:
             raise EngineError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
@@ -297,7 +300,9 @@ class Session:
         )
 
 
-def _back_end_options(diffusion: Any, segmentation: Any) -> tuple[Any, Any]:
+def _back_end_options(
+    diffusion: DiffusionOptions | None, segmentation: SegmentOptions | None
+) -> tuple[DiffusionOptions | None, SegmentOptions | None]:
     """The session's back-end options, checked for their types (the pipelines package
     loads here, on the first session that sets one)."""
     if diffusion is None and segmentation is None:

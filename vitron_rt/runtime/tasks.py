@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from vitron_rt.runtime.errors import MessageError
 from vitron_rt.runtime.media import write_png_atomic
 from vitron_rt.runtime.messages import MODULES, HybridMessage, back_end_region, resolve_module
 from vitron_rt.runtime.region import Box
+
+if TYPE_CHECKING:
+    from vitron_rt.runtime.pipelines import DiffusionOptions, SegmentOptions
 
 PIPELINES_PACKAGE = "vitron_rt.runtime.pipelines"
 OUTPUT_KINDS = ("mask", "image", "video")
@@ -98,8 +101,8 @@ class TaskRequest:
     seed: int | None = None  # the request's sampling seed, for stochastic back ends
     # The session's back-end options (`pipelines.DiffusionOptions`, `pipelines.SegmentOptions`);
     # None: each pipeline's defaults.
-    diffusion: Any = None
-    segmentation: Any = None
+    diffusion: DiffusionOptions | None = None
+    segmentation: SegmentOptions | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # add the pipeline's stages here
     notes: list[str] = field(default_factory=list)  # anything the caller should be told
     info: dict = field(default_factory=dict)  # facts about the run that are not times (IoU, frames)

@@ -229,10 +229,11 @@ def run_sample(
     module = None if parsed.message is None else parsed.message.module
     outcome = Outcome(text=result.text, module=module, parse_error=parsed.error, result=result, wall_ms=wall_ms)
     ran = None if result.message is None or not result.outputs else result.message.module  # the back end that wrote
-    if (path := _output(result, "mask")) is not None and ran == "segment_video":
-        outcome.mask = read_masks(path, None if inputs.frames is None else inputs.frames.shape[1:3])
-    elif path is not None:
-        outcome.mask = load_image(path)[..., 0] > 127
+    if (path := _output(result, "mask")) is not None:
+        if ran == "segment_video":  # every frame's, from masks.mkv
+            outcome.mask = read_masks(path, None if inputs.frames is None else inputs.frames.shape[1:3])
+        else:
+            outcome.mask = load_image(path)[..., 0] > 127
     if ran in ("generate_image", "edit_image"):
         path = _output(result, "image", "image.png" if ran == "generate_image" else "edited.png")
         outcome.picture = None if path is None else load_image(path)

@@ -158,7 +158,8 @@ def test_edit_changes_only_the_masked_pixels(bundle, runners, astronaut, tmp_pat
     # The default redraws the masked region from pure noise, every step (inpainting's default).
     full = DiffusionOptions(num_inference_steps=6)
     assert full.strength == 1.0
-    again = EditImagePipeline(bundle.manifest, runners, full).run(edit_message(), signal(), astronaut, tmp_path / "full")
+    pipe = EditImagePipeline(bundle.manifest, runners, full)
+    again = pipe.run(edit_message(), signal(), astronaut, tmp_path / "full")
     assert again.info["unet_calls"] == 6
     np.testing.assert_array_equal(load_image(again.path("image"))[~mask], original[~mask])
 
