@@ -213,16 +213,16 @@ class ShapesWorld:
         xs, ys = options[int(rng.integers(len(options)))]
         return float(rng.uniform(*xs)), float(rng.uniform(*ys))
 
-    def _frame_masks(self, shapes: list[Shape], moving: bool) -> list[tuple[list[Shape], np.ndarray]]:
-        """(shapes, coverage (n, H, W)) in each frame that `_fits` checks."""
+    def _frame_masks(self, shapes: list[Shape], moving: bool) -> list[_Frame]:
+        """The placed shapes in each frame that `_fits` checks (their coverage drawn lazily)."""
         c = self.config
         scene = Scene(tuple(shapes), c.size, c.size)
         frames = range(c.frames) if moving else (0,)
-        return [(list(scene.at(t).shapes), full_masks(scene.at(t))) for t in frames]
+        return [_Frame(scene.at(t)) for t in frames]
 
     def _fits(
         self,
-        frames: list[tuple[list[Shape], np.ndarray]],
+        frames: list[_Frame],
         shape: Shape,
         moving: bool,
         min_visible: float,
@@ -239,10 +239,11 @@ class ShapesWorld:
         c = self.config
         need = min(min_visible, c.video_min_visible)
         gap = SEPARATION if separate else 0
-        for t, (behind, masks) in enumerate(frames):
+        for t, frame in enumerate(frames):
             moved = shape.at(t)
-            if not any(_boxes_meet(moved, other, gap if t == 0 else 0) for other in behind):
+            if not any(_boxes_meet(moved, other, gap if t == 0 else 0) for other in frame.scene.shapes):
                 continue
+            masks = frame.masks
             new = shape_mask(moved, c.size, c.size)
             if t == 0 and separate:
                 kernel = np.ones((2 * SEPARATION + 1, 2 * SEPARATION + 1), np.uint8)
@@ -256,6 +257,21 @@ class ShapesWorld:
             if (area == 0).any() or (seen < threshold * area - 1e-9).any():
                 return False
         return True
+
+
+class _Frame:
+    """The shapes placed so far at one frame, and their coverage (n, H, W), drawn the first
+    time a new shape's box meets one of theirs (in most frames of most videos, never)."""
+
+    def __init__(self, scene: Scene):
+        self.scene = scene
+        self._masks: np.ndarray | None = None
+
+    @property
+    def masks(self) -> np.ndarray:
+        if self._masks is None:
+            self._masks = full_masks(self.scene)
+        return self._masks
 
 
 def _boxes_meet(a: Shape, b: Shape, gap: float) -> bool:
