@@ -19,7 +19,6 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +135,6 @@ class Trainer:
         self.model = model
         self.tokenizer = tokenizer
         self.seed = seed
-        self.prefetch = True  # build the next batch in a thread during each step (`run`)
         self.spec = DataSpec.build(model.config, tokenizer)
         self.tasks = TaskGenerator(ShapesWorld(seed=world_seed), num_signal_tokens=self.spec.num_signal_tokens)
         self.words = word_ids(tokenizer)  # the word objective's targets (`perception.words_loss`)
@@ -363,21 +361,11 @@ class Trainer:
         # Denormal floats (tiny gradients deep in a backward pass) run ~20x slower on x86;
         # measured: a VAE step at batch 3 took 2.7 s after one at batch 16 with them, 0.1 s
         # with them flushed to zero.
-        # The next step's batch is built in a thread while this step computes (a batch is
-        # a pure function of the stage and step, so the bytes do not change); the thread
-        # flushes denormals too, as the main thread's batches did.
-        with flush_denormals(True), ThreadPoolExecutor(1, "batch", torch.set_flush_denormal, (True,)) as pool:
-            pending = None if fixed is not None or not self.prefetch else pool.submit(self.batch, stage, 0)
+        with flush_denormals(True):
             try:
                 for i in range(steps):
                     t0 = time.perf_counter()
-                    if fixed is not None:
-                        batch = fixed
-                    elif pending is not None:
-                        batch = pending.result()
-                        pending = pool.submit(self.batch, stage, i + 1) if i + 1 < steps else None
-                    else:
-                        batch = self.batch(stage, i)
+                    batch = fixed if fixed is not None else self.batch(stage, i)
                     gen = torch.Generator().manual_seed(self.seed * 1_000_003 + (0 if fixed_batch else i))
                     losses = self.losses(stage, batch, gen)
                     total = sum(stage.loss_weights.get(k, 0.0) * v for k, v in losses.items())
