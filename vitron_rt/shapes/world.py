@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -163,7 +164,7 @@ class ShapesWorld:
         """A shape that fits with `shapes` (drawn in front of them), or None after max_tries."""
         c = self.config
         taken = {(s.colour, s.kind) for s in shapes}
-        frames = self._frame_masks(shapes, moving)
+        frames = self._frames(shapes, moving)
         for _ in range(c.max_tries):
             colour = spec.colour or str(rng.choice(list(COLOURS)))
             kind = spec.kind or str(rng.choice(KINDS))
@@ -213,7 +214,7 @@ class ShapesWorld:
         xs, ys = options[int(rng.integers(len(options)))]
         return float(rng.uniform(*xs)), float(rng.uniform(*ys))
 
-    def _frame_masks(self, shapes: list[Shape], moving: bool) -> list[_Frame]:
+    def _frames(self, shapes: list[Shape], moving: bool) -> list[_Frame]:
         """The placed shapes in each frame that `_fits` checks (their coverage drawn lazily)."""
         c = self.config
         scene = Scene(tuple(shapes), c.size, c.size)
@@ -228,7 +229,7 @@ class ShapesWorld:
         min_visible: float,
         separate: bool,
     ) -> bool:
-        """Whether `shape`, drawn in front of the shapes of `frames` (see `_frame_masks`),
+        """Whether `shape`, drawn in front of the shapes of `frames` (see `_frames`),
         leaves every shape enough of itself visible in every frame (frame 0: `min_visible`;
         later video frames: `video_min_visible` at most); with `separate`, whether it keeps
         its distance from them.
@@ -259,19 +260,16 @@ class ShapesWorld:
         return True
 
 
+@dataclass
 class _Frame:
     """The shapes placed so far at one frame, and their coverage (n, H, W), drawn the first
     time a new shape's box meets one of theirs (in most frames of most videos, never)."""
 
-    def __init__(self, scene: Scene):
-        self.scene = scene
-        self._masks: np.ndarray | None = None
+    scene: Scene
 
-    @property
+    @cached_property
     def masks(self) -> np.ndarray:
-        if self._masks is None:
-            self._masks = full_masks(self.scene)
-        return self._masks
+        return full_masks(self.scene)
 
 
 def _boxes_meet(a: Shape, b: Shape, gap: float) -> bool:

@@ -187,7 +187,7 @@ AUTOENCODER = Stage(
     mix=dict(PIXEL_MIX),  # only the images are used: inputs and targets
     trainable=("vae",),
     loss_weights={"recon": 1.0, "latent_scale": 0.1},
-    # Steps make the VAE keep a shape's kind. Reconstructions of 32
+    # Steps (at a batch of 4 or more) make the VAE keep a shape's kind. Reconstructions of 32
     # held-out text-to-image targets the shapes judge accepts (the pictures: 31): batch 16,
     # 80 steps 0, 140 steps 2, 500 steps 28 (0.87 s a step on 2 threads); batch 8, 500
     # steps 21, 700 steps 27 (0.43 s); batch 4, 800 steps 21, 1000 steps 27 (0.26 s).
