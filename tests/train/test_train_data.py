@@ -131,6 +131,31 @@ def test_backend_batches_prompt_with_codes_boxes_and_tracks(tok, spec):
     assert b.diff_images.shape[0] == 8 and b.vae_images.shape[0] == 8 + 12
 
 
+def test_vae_crops_are_grid_aligned_windows_of_the_whole_images(spec):
+    samples = [GEN.sample(t, i) for t in ("gen_image", "edit_recolour") for i in range(3)]
+    whole = backend_batch(samples, spec, np.random.default_rng(0))
+    side, stride = 48, spec.vae_size // spec.latent_size
+    cropped = backend_batch(samples, spec, np.random.default_rng(0), vae_crop=side)
+    assert cropped.vae_images.shape == (len(whole.vae_images), 3, side, side)
+    assert torch.equal(cropped.diff_images, whole.diff_images)  # only the VAE's images are cut
+    offsets = set()
+    for im, crop in zip(whole.vae_images, cropped.vae_images):
+        found = [
+            (y, x)
+            for y in range(0, spec.vae_size - side + 1)
+            for x in range(0, spec.vae_size - side + 1)
+            if torch.equal(im[:, y : y + side, x : x + side], crop)
+        ]
+        assert found and any(y % stride == 0 and x % stride == 0 for y, x in found)
+        offsets.add(found[0])
+    assert len(offsets) > 1  # drawn, not one fixed window
+    for bad in (side + 1, spec.vae_size + stride):
+        with pytest.raises(ValueError, match="multiple of"):
+            backend_batch(samples, spec, np.random.default_rng(0), vae_crop=bad)
+    with pytest.raises(ValueError, match="vae_crop"):
+        STAGES["autoencoder"].replace(vae_crop=-1)
+
+
 def test_stage_batches_are_reproducible_disjoint_and_bucketed(tok):
     trainer = Trainer(VitronModel.from_config(CFG), tok)
     stage = STAGES["instruction"].replace(batch_size=4)

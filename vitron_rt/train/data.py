@@ -555,11 +555,16 @@ class BackendBatch:
 
 
 def backend_batch(
-    samples: Sequence[Sample], spec: DataSpec, rng: np.random.Generator, box_probability: float = 0.3
+    samples: Sequence[Sample],
+    spec: DataSpec,
+    rng: np.random.Generator,
+    box_probability: float = 0.3,
+    vae_crop: int = 0,
 ) -> BackendBatch:
     """A stage-`backends` batch: every sample's back-end items (`backend_items`). Without
     an LLM no message carries a region, so a segmentation item gets its shape's jittered
-    box with `box_probability`: the decoder learns both the code-only and the boxed prompt."""
+    box with `box_probability`: the decoder learns both the code-only and the boxed prompt.
+    A `vae_crop` > 0 cuts the VAE's images to windows of that side (`random_crops`)."""
     seg: list[SegItem] = []
     diff: list[DiffItem] = []
     vae: list[np.ndarray] = []
@@ -575,7 +580,24 @@ def backend_batch(
             vae.append(sample.image)
         elif sample.media == "video":
             vae.append(sample.video[int(rng.integers(len(sample.video)))])
-    return BackendBatch(vae_images=_vae_images(vae, spec), **_seg_tensors(seg, spec), **_diff_tensors(diff, spec))
+    vae_images = _vae_images(vae, spec)
+    if vae_crop:
+        vae_images = random_crops(vae_images, vae_crop, spec.vae_size // spec.latent_size, rng)
+    return BackendBatch(vae_images=vae_images, **_seg_tensors(seg, spec), **_diff_tensors(diff, spec))
+
+
+def random_crops(images: torch.Tensor, side: int, stride: int, rng: np.random.Generator) -> torch.Tensor:
+    """(P, 3, H, W) -> (P, 3, side, side): a window of each image at an offset drawn by
+    `rng` on a grid of `stride` pixels (the VAE's downsampling factor, so that a window's
+    latent cells are cells of the whole image's latent)."""
+    p, _, h, w = images.shape
+    if side % stride or not 0 < side <= min(h, w):
+        raise ValueError(f"a crop side must be a multiple of {stride} in 1..{min(h, w)}, got {side}")
+    ys = rng.integers(0, (h - side) // stride + 1, p) * stride
+    xs = rng.integers(0, (w - side) // stride + 1, p) * stride
+    if not p:
+        return images[..., :side, :side]
+    return torch.stack([im[:, y : y + side, x : x + side] for im, y, x in zip(images, ys, xs)])
 
 
 # --------------------------------------------------------------------------- perception

@@ -117,6 +117,9 @@ class Stage:
     # Video samples make a batch ~3x longer (256 image positions); batches are drawn
     # either all-video or video-free, video with this share of the mix's weight.
     bucket_by_media: bool = True
+    # The VAE's images cut to random windows of this side (`data.random_crops`); 0: whole.
+    # A convolutional autoencoder learns the same per-pixel map from a window, for less.
+    vae_crop: int = 0
     # Follow-up questions added to each image-understanding sample without a region
     # (`TaskGenerator.with_follow_ups`): more answers taught per image forward.
     follow_ups: int = 0
@@ -159,6 +162,8 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: grounding layers and heads must be >= 0")
         if self.follow_ups < 0:
             raise ValueError(f"stage {self.name!r}: follow_ups must be >= 0, got {self.follow_ups}")
+        if self.vae_crop < 0:
+            raise ValueError(f"stage {self.name!r}: vae_crop must be >= 0 (0: whole images), got {self.vae_crop}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"stage {self.name!r}: batch_size must be >= 1 and lr > 0")
 

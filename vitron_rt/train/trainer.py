@@ -180,7 +180,7 @@ class Trainer:
             encoders = [e for e, loss in (("vision", "patch"), ("seg", "seg_patch")) if w.get(loss)]
             return perception_batch(samples, self.spec, rng, self.patch_head.vision.cells, encoders)
         if stage.kind in ("autoencoder", "backends"):
-            return backend_batch(samples, self.spec, rng)
+            return backend_batch(samples, self.spec, rng, vae_crop=stage.vae_crop)
         words = self.patch_head.vision.cells if w.get("words") or w.get("region_words") else 0
         backends, ground = stage.kind == "pixel", bool(w.get("ground") or w.get("ground_words"))
         return collate(samples, self.tokenizer, self.spec, rng, backends=backends, words=words, ground=ground)
