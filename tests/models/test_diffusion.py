@@ -111,13 +111,60 @@ def test_a_fresh_layout_spreads_every_token_evenly():
     torch.testing.assert_close(where, torch.full_like(where, 1 / 16))
 
 
+def test_a_kernel_layout_draws_each_tokens_silhouette_around_its_place():
+    torch.manual_seed(0)
+    layout = Layout(width=4, side=8, channels=2, kernel=3)
+    tokens = torch.randn(2, 3, 4)
+    plain = Layout(width=4, side=8, channels=2)
+    plain.load_state_dict({k: v for k, v in layout.state_dict().items() if not k.startswith("shape.")})
+    torch.testing.assert_close(layout(tokens, 8, 8), plain(tokens, 8, 8))  # fresh: the centre cell alone
+    with torch.no_grad():
+        layout.where.weight.zero_()
+        layout.where.weight[2 * 8 + 5, 0] = 60.0  # feature 0 -> cell (2, 5)
+        layout.what.weight.zero_()
+        layout.what.bias.copy_(torch.tensor([1.0, 0.0]))
+        layout.shape.weight.zero_()
+        silhouette = torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]])  # a plus, centred
+        layout.shape.bias.copy_(silhouette.flatten())
+        out = layout(torch.tensor([[[1.0, 0, 0, 0]]]), 8, 8)[0, 0]  # (8, 8)
+    scale = 64 / Layout.SPREAD
+    torch.testing.assert_close(out[1:4, 4:7], silhouette * scale, atol=1e-4, rtol=0)
+    assert out.sum() == pytest.approx(5 * scale, rel=1e-4)
+    # The sweep is nn.Conv2d's cross-correlation, each map with its own kernel, zero-padded.
+    maps, kernels = torch.rand(3, 1, 8, 8), torch.randn(3, 9)
+    conv = torch.nn.functional.conv2d
+    ref = torch.cat([conv(m[None], k.reshape(1, 1, 3, 3), padding=1) for m, k in zip(maps, kernels)])
+    torch.testing.assert_close(layout._swept(maps, kernels), ref)
+
+
+def test_a_kernel_layout_unet_exports_and_matches_pytorch(tmp_path):
+    import vitron_rt.export.specs  # noqa: F401  (registers)
+    from vitron_rt.export.onnx_export import export_component
+    from vitron_rt.export.spec import get_spec
+    from vitron_rt.export.validate import validate_component
+
+    torch.manual_seed(0)
+    unet = UNet(dataclasses.replace(TINY.unet, layout_kernel=3))
+    with torch.no_grad():
+        torch.nn.init.normal_(unet.layout.where.weight)
+        torch.nn.init.normal_(unet.layout.shape.weight)  # a kernel of each token's own
+    spec = get_spec("unet")
+    rows = validate_component(unet, spec, export_component(unet, spec, tmp_path))
+    assert rows and all(r.passed for r in rows), [r for r in rows if not r.passed]
+    assert len({r.case for r in rows}) >= 2
+
+
 def test_unet_config_checks_layout_and_prediction_type():
     assert PREDICTION_TYPES == ("epsilon", "v_prediction", "sample")
     with pytest.raises(ValueError, match="prediction_type 'x0'"):
         UNetConfig(prediction_type="x0")
     with pytest.raises(ValueError, match="layout_channels"):
         UNetConfig(layout_channels=-1)
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="layout_kernel"):
+            UNetConfig(layout_channels=4, layout_kernel=bad)
     assert "layout_channels" not in UNetConfig().to_diffusers()
+    assert "layout_kernel" not in UNetConfig(layout_channels=4, layout_kernel=5).to_diffusers()
     assert UNetConfig(in_channels=4, layout_channels=6).to_diffusers()["in_channels"] == 10
 
 

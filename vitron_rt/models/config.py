@@ -303,6 +303,9 @@ class UNetConfig:
     # Channels of the layout map drawn from the conditioning tokens and concatenated to the
     # latents (`vitron_rt.models.diffusion.Layout`); 0: none, a diffusers UNet as it is.
     layout_channels: int = 0
+    # Side of the silhouette each conditioning token draws around its place in the layout
+    # (`Layout`: a kernel swept over the token's `where`); 0 or 1: the place alone.
+    layout_kernel: int = 0
     # What the UNet predicts, which the sampler must know: "epsilon" (SD-1.x),
     # "v_prediction" or "sample" (x0). The bundle records it for the runtime.
     prediction_type: str = "epsilon"
@@ -310,13 +313,15 @@ class UNetConfig:
     def __post_init__(self) -> None:
         if self.layout_channels < 0:
             raise ValueError(f"layout_channels must be >= 0, got {self.layout_channels}")
+        if self.layout_kernel < 0 or (self.layout_kernel > 1 and self.layout_kernel % 2 == 0):
+            raise ValueError(f"layout_kernel must be 0 or an odd side, got {self.layout_kernel}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {self.prediction_type!r}; known: {', '.join(PREDICTION_TYPES)}")
 
     def to_diffusers(self) -> dict:
         """The UNet2DConditionModel's arguments: its input carries the layout channels too."""
         d = dataclasses.asdict(self)
-        for k in ("context_length", "layout_channels", "prediction_type"):
+        for k in ("context_length", "layout_channels", "layout_kernel", "prediction_type"):
             d.pop(k)
         d["in_channels"] = self.in_channels + self.layout_channels
         for k in ("block_out_channels", "down_block_types", "up_block_types"):

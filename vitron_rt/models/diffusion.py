@@ -127,27 +127,50 @@ class Layout(nn.Module):
     `what` (channels) spread over the softmax of its `where` logits over the side x side
     grid, summed over k. The map is scaled so that a token whose softmax covers `SPREAD`
     cells puts its `what` there at full size. A grid other than side x side is resampled
-    bilinearly. `where` starts at zero: every token spreads evenly until it learns a place."""
+    bilinearly. `where` starts at zero: every token spreads evenly until it learns a place.
+
+    With a `kernel` side r > 1, each token also draws an r x r silhouette (`shape`, from
+    the token) that is swept over its `where` (a convolution with a kernel of the token's
+    own): where says the place, the kernel the form drawn there, so a kind can be drawn
+    at any place. The kernel starts as a single centre cell: the plain layout."""
 
     SPREAD = 16
 
-    def __init__(self, width: int, side: int, channels: int):
+    def __init__(self, width: int, side: int, channels: int, kernel: int = 0):
         super().__init__()
         self.side = side
         self.where = nn.Linear(width, side * side)
         self.what = nn.Linear(width, channels)
         nn.init.zeros_(self.where.weight)
         nn.init.zeros_(self.where.bias)
+        self.kernel = kernel if kernel > 1 else 0
+        if self.kernel:
+            self.shape = nn.Linear(width, self.kernel * self.kernel)
+            nn.init.zeros_(self.shape.weight)
+            with torch.no_grad():
+                self.shape.bias.zero_()
+                self.shape.bias[self.kernel * self.kernel // 2] = 1.0
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         b, k, _ = tokens.shape
         s = self.side
         where = self.where(tokens).softmax(-1).reshape(b * k, 1, s, s) * (s * s / self.SPREAD)  # (B*K, 1, s, s)
+        if self.kernel:
+            where = self._swept(where, self.shape(tokens).reshape(b * k, -1))
         where = nn.functional.interpolate(where, size=(height, width), mode="bilinear", align_corners=False)
         where = where.reshape(b, k, height * width)
         # A batched MatMul (not an einsum: every engine runs that well).
         out = torch.matmul(self.what(tokens).transpose(1, 2), where)  # (B, channels, h*w)
         return out.reshape(b, -1, height, width)
+
+    def _swept(self, where: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """(N, 1, s, s) maps, (N, r*r) kernels -> (N, 1, s, s): each map convolved with its
+        own kernel, zero-padded, as r*r shifted copies (static slices: no per-sample
+        convolution weights, which a graph with a dynamic batch cannot express)."""
+        r, s = self.kernel, self.side
+        padded = nn.functional.pad(where, (r // 2,) * 4)  # (N, 1, s+r-1, s+r-1)
+        shifted = torch.cat([padded[:, :, dy : dy + s, dx : dx + s] for dy in range(r) for dx in range(r)], 1)
+        return (shifted * kernels[:, :, None, None]).sum(1, keepdim=True)  # (N, 1, s, s)
 
 
 class UNet(nn.Module):
@@ -167,7 +190,9 @@ class UNet(nn.Module):
         self.config = config
         self.unet = unet.eval()
         c = config
-        self.layout = Layout(c.cross_attention_dim, c.sample_size, c.layout_channels) if c.layout_channels else None
+        self.layout = None
+        if c.layout_channels:
+            self.layout = Layout(c.cross_attention_dim, c.sample_size, c.layout_channels, c.layout_kernel)
 
     @classmethod
     def from_diffusers(cls, unet, context_length: int = 77) -> "UNet":
