@@ -45,17 +45,18 @@ from vitron_rt.train.stages import STAGES, Stage
 # SHARES); then trimmed by measured full runs on 2 threads of an otherwise idle machine.
 # The run that wrote the shipped weights (stage seconds include building the batches):
 #   stage           batch  steps  measured s   note
-#   autoencoder         4    650       152     80 at batch 16 once: the VAE lost shapes
-#   perception         24    900       133     vision tower head
-#   seg_perception     24    270       109     SAM encoder head
-#   backends           16    230       329     text to image weighs 3 in its mix
+#   autoencoder         4   1300       185     48 x 48 windows (0.26 s a step whole: 650 took 152)
+#   perception         24    900       124     vision tower head
+#   seg_perception     24    270        99     SAM encoder head
+#   backends           16    230       349     text to image weighs 3 in its mix
 #   invocation         16    300        93     text-only requests: the LLM learns to copy
-#   alignment          16    230       153     vision tower frozen from here on; + words
-#   instruction        16    720       490     LLM loss + words + signal alignment + grounding,
+#   alignment          16    230       156     vision tower frozen from here on; + words
+#   instruction        16    720       505     LLM loss + words + signal alignment + grounding,
 #                                              3 follow-ups, video at half weight
-#   pixel               8    220       139
-# 26.7 minutes in all, tokenizer and saving included (the 30 allowed), on 2 threads of an
-# otherwise idle machine. The same stages with instruction 780, autoencoder 750 and
+#   pixel               8    220       149
+# 27.8 minutes in all, tokenizer and saving included (the 30 allowed), on 2 threads of an
+# otherwise idle machine; the recipe before it (650 whole-image autoencoder steps) 26.7 on
+# another day. The same stages with instruction 780, autoencoder 750 and
 # backends 260, pixel 250 took 31.5 (~1.5 min of it test runs beside it); the recipe
 # before (autoencoder 850, perception 1000, backends 260, instruction 520 with video at
 # full weight, pixel 250) 28.1 on a slow day and 24.8 on an idle one (27.8 repeated the
@@ -69,7 +70,7 @@ from vitron_rt.train.stages import STAGES, Stage
 # minutes and scored better on segmentation than the recipe of its day (probe mIoU 0.55 /
 # 0.61 / 0.68 against 0.46 / 0.48 / 0.64 for image / region / video): the cuts cost SAM most.
 STEPS: dict[str, int] = {
-    "autoencoder": 650,
+    "autoencoder": 1300,
     "perception": 900,
     "seg_perception": 270,
     "backends": 230,
