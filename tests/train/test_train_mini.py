@@ -2,6 +2,7 @@
 `from_preset("mini")` loads (with the ShapesWorld tokenizer), the same seed writes the
 same bytes, and the loader refuses missing, corrupt or stale files with a clear error."""
 
+import dataclasses
 import json
 import shutil
 import zlib
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from vitron_rt.bundle import Source
-from vitron_rt.models.config import preset
+from vitron_rt.models.config import config_differences, preset
 from vitron_rt.models.shipped import ShippedFiles
 from vitron_rt.models.source import SourceError, from_preset, from_source
 from vitron_rt.models.tokenizer import vitron_special_tokens
@@ -163,8 +164,23 @@ def test_weights_for_another_config_are_refused(run, tmp_path):
     record = json.loads(files.record.read_text())
     record["config"]["llm"]["num_layers"] += 1
     files.record.write_text(json.dumps(record))
-    with pytest.raises(SourceError, match="another mini config"):
+    with pytest.raises(SourceError, match=r"another mini config .*differs in llm\.num_layers\)"):
         from_preset("mini", trained_dir=tmp_path)
+
+
+def test_a_record_from_before_a_field_with_a_default_still_loads(run, tmp_path):
+    """A config field added since the weights were trained counts as its default (what
+    the code did before it existed); a value other than the default is refused."""
+    files = _copy(run, tmp_path)
+    record = json.loads(files.record.read_text())
+    del record["config"]["unet"]["layout_kernel"]
+    files.record.write_text(json.dumps(record))
+    from_preset("mini", trained_dir=tmp_path)
+    cfg = preset("mini")
+    changed = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, layout_kernel=3))
+    assert config_differences(record["config"], changed) == ["unet.layout_kernel"]
+    record["config"]["retired_field"] = 1
+    assert config_differences(record["config"], cfg) == ["retired_field"]
 
 
 def test_check_refuses_a_bundle_of_other_weights():

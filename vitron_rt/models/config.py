@@ -9,7 +9,9 @@ Components that wrap a library model turn their config into the library's config
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import json
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field
 
 from vitron_rt.models.tokenizer import TINY_BASE_VOCAB
 
@@ -382,6 +384,29 @@ class VitronConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def config_differences(recorded: Mapping, config) -> list[str]:
+    """The dotted field names where a recorded config (`to_dict`, through JSON) and the
+    dataclass `config` differ. A field the record lacks was added since it was written: it
+    differs only where `config` holds another value than the field's default (a default
+    keeps what the code did before the field existed). A recorded field `config` lacks
+    differs."""
+    out, names = [], set()
+    for f in dataclasses.fields(config):
+        names.add(f.name)
+        value = getattr(config, f.name)
+        if f.name not in recorded:
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            if value != default:
+                out.append(f.name)
+        elif dataclasses.is_dataclass(value) and isinstance(recorded[f.name], Mapping):
+            out += [f"{f.name}.{d}" for d in config_differences(recorded[f.name], value)]
+        else:
+            plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            if json.loads(json.dumps(plain)) != recorded[f.name]:  # tuples as JSON lists
+                out.append(f.name)
+    return out + sorted(set(recorded) - names)
 
 
 def _tiny() -> VitronConfig:

@@ -10,14 +10,13 @@ weights, so a bundle is never checked against other weights than it was exported
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from vitron_rt.bundle import Source
-from vitron_rt.models.config import VitronConfig, preset
+from vitron_rt.models.config import VitronConfig, config_differences, preset
 from vitron_rt.models.shipped import (
     TRAINED_DIR,
     ShippedFiles,
@@ -84,10 +83,11 @@ def _trained(name: str, cfg: VitronConfig, folder: Path) -> Reference:
         state = read_weights(files)
     except ShippedWeightsError as e:
         raise SourceError(f"preset {name!r}: {e}; train them with `{TRAINED_PRESETS[name]}`") from None
-    if record["config"] != json.loads(json.dumps(cfg.to_dict())):
+    differences = config_differences(record["config"], cfg)
+    if differences:
         raise SourceError(
             f"preset {name!r}: {files.record} was trained for another {name} config than this "
-            f"vitron-rt's; retrain with `{TRAINED_PRESETS[name]}`"
+            f"vitron-rt's (it differs in {', '.join(differences)}); retrain with `{TRAINED_PRESETS[name]}`"
         )
     model = VitronModel.from_config(cfg)
     try:
