@@ -116,16 +116,16 @@ def test_a_kernel_layout_draws_each_tokens_silhouette_around_its_place():
     layout = Layout(width=4, side=8, channels=2, kernel=3)
     tokens = torch.randn(2, 3, 4)
     plain = Layout(width=4, side=8, channels=2)
-    plain.load_state_dict({k: v for k, v in layout.state_dict().items() if not k.startswith("shape.")})
+    plain.load_state_dict({k: v for k, v in layout.state_dict().items() if not k.startswith("form.")})
     torch.testing.assert_close(layout(tokens, 8, 8), plain(tokens, 8, 8))  # fresh: the centre cell alone
     with torch.no_grad():
         layout.where.weight.zero_()
         layout.where.weight[2 * 8 + 5, 0] = 60.0  # feature 0 -> cell (2, 5)
         layout.what.weight.zero_()
         layout.what.bias.copy_(torch.tensor([1.0, 0.0]))
-        layout.shape.weight.zero_()
+        layout.form.weight.zero_()
         silhouette = torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]])  # a plus, centred
-        layout.shape.bias.copy_(silhouette.flatten())
+        layout.form.bias.copy_(silhouette.flatten())
         out = layout(torch.tensor([[[1.0, 0, 0, 0]]]), 8, 8)[0, 0]  # (8, 8)
     scale = 64 / Layout.SPREAD
     torch.testing.assert_close(out[1:4, 4:7], silhouette * scale, atol=1e-4, rtol=0)
@@ -147,7 +147,7 @@ def test_a_kernel_layout_unet_exports_and_matches_pytorch(tmp_path):
     unet = UNet(dataclasses.replace(TINY.unet, layout_kernel=3))
     with torch.no_grad():
         torch.nn.init.normal_(unet.layout.where.weight)
-        torch.nn.init.normal_(unet.layout.shape.weight)  # a kernel of each token's own
+        torch.nn.init.normal_(unet.layout.form.weight)  # a kernel of each token's own
     spec = get_spec("unet")
     rows = validate_component(unet, spec, export_component(unet, spec, tmp_path))
     assert rows and all(r.passed for r in rows), [r for r in rows if not r.passed]

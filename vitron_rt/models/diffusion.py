@@ -129,7 +129,7 @@ class Layout(nn.Module):
     cells puts its `what` there at full size. A grid other than side x side is resampled
     bilinearly. `where` starts at zero: every token spreads evenly until it learns a place.
 
-    With a `kernel` side r > 1, each token also draws an r x r silhouette (`shape`, from
+    With a `kernel` side r > 1, each token also draws an r x r silhouette (`form`, from
     the token) that is swept over its `where` (a convolution with a kernel of the token's
     own): where says the place, the kernel the form drawn there, so a kind can be drawn
     at any place. The kernel starts as a single centre cell: the plain layout."""
@@ -145,18 +145,18 @@ class Layout(nn.Module):
         nn.init.zeros_(self.where.bias)
         self.kernel = kernel if kernel > 1 else 0
         if self.kernel:
-            self.shape = nn.Linear(width, self.kernel * self.kernel)
-            nn.init.zeros_(self.shape.weight)
+            self.form = nn.Linear(width, self.kernel * self.kernel)
+            nn.init.zeros_(self.form.weight)
             with torch.no_grad():
-                self.shape.bias.zero_()
-                self.shape.bias[self.kernel * self.kernel // 2] = 1.0
+                self.form.bias.zero_()
+                self.form.bias[self.kernel * self.kernel // 2] = 1.0
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         b, k, _ = tokens.shape
         s = self.side
         where = self.where(tokens).softmax(-1).reshape(b * k, 1, s, s) * (s * s / self.SPREAD)  # (B*K, 1, s, s)
         if self.kernel:
-            where = self._swept(where, self.shape(tokens).reshape(b * k, -1))
+            where = self._swept(where, self.form(tokens).reshape(b * k, -1))
         where = nn.functional.interpolate(where, size=(height, width), mode="bilinear", align_corners=False)
         where = where.reshape(b, k, height * width)
         # A batched MatMul (not an einsum: every engine runs that well).
