@@ -181,6 +181,8 @@ def test_a_record_from_before_a_field_with_a_default_still_loads(run, tmp_path):
     assert config_differences(record["config"], changed) == ["unet.layout_kernel"]
     record["config"]["retired_field"] = 1
     assert config_differences(record["config"], cfg) == ["retired_field"]
+    del record["config"]["retired_field"], record["config"]["name"]  # a field without a default
+    assert config_differences(record["config"], cfg) == ["name"]
 
 
 def test_check_refuses_a_bundle_of_other_weights():

@@ -390,15 +390,20 @@ def config_differences(recorded: Mapping, config) -> list[str]:
     """The dotted field names where a recorded config (`to_dict`, through JSON) and the
     dataclass `config` differ. A field the record lacks was added since it was written: it
     differs only where `config` holds another value than the field's default (a default
-    keeps what the code did before the field existed). A recorded field `config` lacks
-    differs."""
+    keeps what the code did before the field existed); a field without a default always
+    differs. A recorded field `config` lacks differs."""
     out, names = [], set()
     for f in dataclasses.fields(config):
         names.add(f.name)
         value = getattr(config, f.name)
         if f.name not in recorded:
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            if value != default:
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:  # a field every config must give: the record cannot stand for this one
+                default = MISSING
+            if default is MISSING or value != default:
                 out.append(f.name)
         elif dataclasses.is_dataclass(value) and isinstance(recorded[f.name], Mapping):
             out += [f"{f.name}.{d}" for d in config_differences(recorded[f.name], value)]
